@@ -1,0 +1,99 @@
+//! The audit record: what one request did, who did it, and what fhirwall decided.
+
+use serde::Serialize;
+
+/// One audit record (one JSON line). Never contains a bearer token; query values are
+/// redacted unless the configuration allows the parameter by name.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditRecord {
+    /// RFC 3339 UTC time the request arrived, millisecond precision.
+    pub time: String,
+    /// `X-Request-Id` of the request (the client's if well-formed, else generated).
+    pub request_id: String,
+    /// Client address (the TCP peer).
+    pub client_addr: Option<String>,
+    /// `User-Agent`, truncated to 256 bytes.
+    pub user_agent: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Request path (no query).
+    pub path: String,
+    /// Query string with values of non-allowed parameters replaced by `REDACTED`.
+    pub query: Option<String>,
+    /// Matched policy route id.
+    pub route: Option<String>,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Reason code (`allowed`, `public`, `insufficient_scope`, ...).
+    pub reason: &'static str,
+    /// Human-readable reason for denials.
+    pub detail: Option<String>,
+    /// The route's scope requirement.
+    pub required_scopes: Option<String>,
+    /// The scopes the token granted (valid ones).
+    pub granted_scopes: Option<Vec<String>>,
+    /// Token issuer.
+    pub issuer: Option<String>,
+    /// Token client (`client_id`/`azp`).
+    pub client_id: Option<String>,
+    /// Token subject.
+    pub subject: Option<String>,
+    /// SMART `fhirUser`.
+    pub fhir_user: Option<String>,
+    /// SMART patient context.
+    pub patient: Option<String>,
+    /// Token `jti`.
+    pub jti: Option<String>,
+    /// Status sent to the client (0 if the connection died before a response).
+    pub status: u16,
+    /// Status the upstream answered, when the request was forwarded.
+    pub upstream_status: Option<u16>,
+    /// Whole request latency in milliseconds.
+    pub latency_ms: f64,
+    /// Upstream latency in milliseconds, when forwarded.
+    pub upstream_latency_ms: Option<f64>,
+    /// Request body bytes received from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// Content hash of the policy that decided.
+    pub policy_version: String,
+}
+
+/// Replaces the value of every query parameter not in `allow` with `REDACTED`; parameter
+/// names are kept (they are not PHI and tell the auditor what kind of query it was).
+pub fn redact_query(query: &str, allow: &[String]) -> String {
+    let mut out = String::with_capacity(query.len());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, value)) => {
+                out.push_str(name);
+                out.push('=');
+                if allow.iter().any(|a| a == name) {
+                    out.push_str(value);
+                } else {
+                    out.push_str("REDACTED");
+                }
+            }
+            None => out.push_str(pair),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_redacted_unless_allowed() {
+        let allow = vec!["_count".to_string()];
+        assert_eq!(
+            redact_query("patient=123&_count=10&name", &allow),
+            "patient=REDACTED&_count=10&name"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! RFC 6750 bearer credentials. (Stub: implemented by the auth work.)

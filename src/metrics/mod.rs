@@ -1,0 +1,238 @@
+//! Prometheus metrics: every collector the gateway exports, registered once.
+//!
+//! Labels are bounded by configuration (route ids, issuer names, reason codes), never
+//! request data: no ids, tokens or paths ever become a label value.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets (seconds) from 100 µs to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Every metric fhirwall exports. Cheap to share (`Arc<Metrics>`); collectors are lock-free
+/// atomics once a label set has been resolved.
+pub struct Metrics {
+    registry: Registry,
+    /// `fhirwall_requests_total{route,method,decision,status_class}`.
+    pub requests: IntCounterVec,
+    /// `fhirwall_denials_total{reason}`.
+    pub denials: IntCounterVec,
+    /// `fhirwall_request_duration_seconds{route,decision}`: whole request, as the client saw it.
+    pub request_duration: HistogramVec,
+    /// `fhirwall_upstream_duration_seconds{route}`: from sending upstream to the end of the response.
+    pub upstream_duration: HistogramVec,
+    /// `fhirwall_upstream_errors_total{kind}`: `connect`, `timeout`, `other`.
+    pub upstream_errors: IntCounterVec,
+    /// `fhirwall_token_cache_hits_total`.
+    pub token_cache_hits: IntCounter,
+    /// `fhirwall_token_cache_misses_total`.
+    pub token_cache_misses: IntCounter,
+    /// `fhirwall_token_validations_total{result}`: `ok` or an auth error code.
+    pub token_validations: IntCounterVec,
+    /// `fhirwall_token_invalid_scopes_total`: scope values in valid tokens that were ignored.
+    pub invalid_scopes: IntCounter,
+    /// `fhirwall_jwks_refreshes_total{issuer,result}`: `ok` or `error`.
+    pub jwks_refreshes: IntCounterVec,
+    /// `fhirwall_jwks_keys{issuer}`: keys currently loaded.
+    pub jwks_keys: IntGaugeVec,
+    /// `fhirwall_audit_records_total`: records written.
+    pub audit_records: IntCounter,
+    /// `fhirwall_audit_write_errors_total`.
+    pub audit_write_errors: IntCounter,
+    /// `fhirwall_audit_dropped_total`: records that could not be queued.
+    pub audit_dropped: IntCounter,
+    /// `fhirwall_audit_queue_depth`.
+    pub audit_queue_depth: IntGauge,
+    /// `fhirwall_policy_info{version}`: 1 for the active policy.
+    pub policy_info: IntGaugeVec,
+    /// `fhirwall_ready`: 1 when `/readyz` answers 200.
+    pub ready: IntGauge,
+    /// `fhirwall_build_info{version}`.
+    pub build_info: IntGaugeVec,
+}
+
+/// Metric names, one place for docs and dashboards.
+pub mod names {
+    /// Requests by route, method, decision and status class.
+    pub const REQUESTS: &str = "fhirwall_requests_total";
+    /// Denials by reason.
+    pub const DENIALS: &str = "fhirwall_denials_total";
+    /// Whole-request latency.
+    pub const REQUEST_DURATION: &str = "fhirwall_request_duration_seconds";
+    /// Upstream latency.
+    pub const UPSTREAM_DURATION: &str = "fhirwall_upstream_duration_seconds";
+    /// Upstream errors by kind.
+    pub const UPSTREAM_ERRORS: &str = "fhirwall_upstream_errors_total";
+    /// Token cache hits.
+    pub const TOKEN_CACHE_HITS: &str = "fhirwall_token_cache_hits_total";
+    /// Token cache misses.
+    pub const TOKEN_CACHE_MISSES: &str = "fhirwall_token_cache_misses_total";
+    /// Token validations by result.
+    pub const TOKEN_VALIDATIONS: &str = "fhirwall_token_validations_total";
+    /// Ignored invalid scope values.
+    pub const INVALID_SCOPES: &str = "fhirwall_token_invalid_scopes_total";
+    /// JWKS fetches by issuer and result.
+    pub const JWKS_REFRESHES: &str = "fhirwall_jwks_refreshes_total";
+    /// Keys loaded per issuer.
+    pub const JWKS_KEYS: &str = "fhirwall_jwks_keys";
+    /// Audit records written.
+    pub const AUDIT_RECORDS: &str = "fhirwall_audit_records_total";
+    /// Audit write errors.
+    pub const AUDIT_WRITE_ERRORS: &str = "fhirwall_audit_write_errors_total";
+    /// Audit records not queued.
+    pub const AUDIT_DROPPED: &str = "fhirwall_audit_dropped_total";
+    /// Audit queue depth.
+    pub const AUDIT_QUEUE_DEPTH: &str = "fhirwall_audit_queue_depth";
+    /// Active policy version.
+    pub const POLICY_INFO: &str = "fhirwall_policy_info";
+    /// Readiness.
+    pub const READY: &str = "fhirwall_ready";
+    /// Build information.
+    pub const BUILD_INFO: &str = "fhirwall_build_info";
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Creates and registers every collector in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        use names::*;
+        let m = Metrics {
+            requests: counter_vec(
+                REQUESTS,
+                "Requests handled, by route id, method, decision and status class.",
+                &["route", "method", "decision", "status_class"],
+            ),
+            denials: counter_vec(DENIALS, "Requests refused, by reason.", &["reason"]),
+            request_duration: histogram_vec(
+                REQUEST_DURATION,
+                "Time from request start to the end of the response, in seconds.",
+                &["route", "decision"],
+            ),
+            upstream_duration: histogram_vec(
+                UPSTREAM_DURATION,
+                "Time spent waiting on the upstream, in seconds.",
+                &["route"],
+            ),
+            upstream_errors: counter_vec(
+                UPSTREAM_ERRORS,
+                "Upstream failures answered with 502/504, by kind.",
+                &["kind"],
+            ),
+            token_cache_hits: counter(TOKEN_CACHE_HITS, "Bearer tokens found in the verified-token cache."),
+            token_cache_misses: counter(TOKEN_CACHE_MISSES, "Bearer tokens that had to be verified."),
+            token_validations: counter_vec(
+                TOKEN_VALIDATIONS,
+                "Token verifications (cache misses), by result.",
+                &["result"],
+            ),
+            invalid_scopes: counter(
+                INVALID_SCOPES,
+                "Scope values in otherwise valid tokens that were ignored as invalid.",
+            ),
+            jwks_refreshes: counter_vec(
+                JWKS_REFRESHES,
+                "JWKS fetches, by issuer and result.",
+                &["issuer", "result"],
+            ),
+            jwks_keys: gauge_vec(JWKS_KEYS, "Signing keys currently loaded, by issuer.", &["issuer"]),
+            audit_records: counter(AUDIT_RECORDS, "Audit records written to the sink."),
+            audit_write_errors: counter(AUDIT_WRITE_ERRORS, "Failed writes to the audit sink."),
+            audit_dropped: counter(
+                AUDIT_DROPPED,
+                "Audit records that could not be queued (the request was refused or already answered).",
+            ),
+            audit_queue_depth: gauge(AUDIT_QUEUE_DEPTH, "Audit records waiting to be written."),
+            policy_info: gauge_vec(POLICY_INFO, "The active policy version (content hash).", &["version"]),
+            ready: gauge(READY, "1 when the gateway is ready to serve (policy and keys loaded)."),
+            build_info: gauge_vec(BUILD_INFO, "Build information.", &["version"]),
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    /// The text exposition of every metric (`/metrics`).
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding to a Vec cannot fail");
+        buf
+    }
+
+    /// The registry (for tests and extra collectors).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `"2xx"`, `"4xx"`, ...; `"none"` when no response was sent.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+/// A bounded method label: standard methods as themselves, anything else `OTHER`.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+

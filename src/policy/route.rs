@@ -1,0 +1,1 @@
+//! The compiled route trie. (Stub: implemented by the policy work.)

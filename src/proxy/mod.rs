@@ -1,0 +1,1 @@
+//! The pingora proxy. (Being written.)
