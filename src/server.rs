@@ -1,9 +1,186 @@
-//! Wiring. (Being written.)
+//! Wiring: a validated [`Config`] becomes pingora services — the proxy, the admin listener,
+//! the JWKS refresher and the audit writer — and runs until a signal stops it.
+//!
+//! pingora's signal handling applies: SIGTERM drains in-flight requests (graceful), SIGINT
+//! stops at once, SIGQUIT hands the listeners to a new process (`--upgrade`).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::admin::{self, Check, HealthSource};
+use crate::audit::AuditSink;
+use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::upstream::Upstream;
+use crate::proxy::{Gateway, Runtime};
 
-/// Runs the gateway until it is stopped. Does not return on success.
+/// Seconds in-flight requests get to finish after SIGTERM.
+const GRACE_PERIOD_SECS: u64 = 10;
+
+/// Runs the gateway until it is stopped. Returns only on a startup error; once serving,
+/// pingora ends the process itself.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let _ = config;
-    todo!()
+    let metrics = Arc::new(Metrics::new());
+    let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(&config)?));
+    metrics
+        .policy_info
+        .with_label_values(&[config.policy.version()])
+        .set(1);
+    let auth = Arc::new(Authenticator::new(
+        &config.issuers,
+        &config.token_cache,
+        metrics.clone(),
+    ));
+    let (audit, audit_writer) = AuditSink::open(&config.audit, metrics.clone())
+        .with_context(|| format!("opening the audit trail {:?}", config.audit.target))?;
+    let admin_listener = std::net::TcpListener::bind(config.admin_listen)
+        .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
+    admin_listener.set_nonblocking(true)?;
+
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(GRACE_PERIOD_SECS),
+        graceful_shutdown_timeout_seconds: Some(GRACE_PERIOD_SECS),
+        // pingora's own pid/upgrade files default to /tmp paths; keep them per process so
+        // several gateways (and tests) can run side by side.
+        pid_file: std::env::temp_dir()
+            .join(format!("fhirwall-{}.pid", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("fhirwall-{}.upgrade.sock", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let health: Arc<dyn HealthSource> = Arc::new(Health {
+        runtime: runtime.clone(),
+        auth: auth.clone(),
+        audit: audit.clone(),
+    });
+    let gateway = Gateway::new(runtime, auth.clone(), audit, metrics.clone());
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "fhirwall proxy",
+    );
+    for addr in &config.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "audit writer",
+        Task::new(async move { audit_writer.run().await }),
+    ));
+    server.add_service(background_service(
+        "jwks refresh",
+        Task::new(async move { auth.run_refresh().await }),
+    ));
+    let admin_metrics = metrics.clone();
+    server.add_service(background_service(
+        "admin",
+        Task::new(async move {
+            let listener = match tokio::net::TcpListener::from_std(admin_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin listener unusable");
+                    return;
+                }
+            };
+            if let Err(e) = admin::serve(listener, admin_metrics, health).await {
+                tracing::error!(error = %e, "admin listener stopped");
+            }
+        }),
+    ));
+    tracing::info!(
+        listen = ?config.listen,
+        admin = %config.admin_listen,
+        policy.version = config.policy.version(),
+        "fhirwall starting"
+    );
+    server.run_forever()
+}
+
+/// Compiles the per-request runtime from a configuration.
+pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
+    Ok(Runtime {
+        policy: config.policy.clone(),
+        upstream: Upstream::new(&config.upstream, &config.forwarding)?,
+        realm: config.realm.as_str().into(),
+        audit_allow_query: config.audit.allow_query_params.clone(),
+    })
+}
+
+/// The readiness checks behind `/readyz`.
+struct Health {
+    runtime: Arc<ArcSwap<Runtime>>,
+    auth: Arc<Authenticator>,
+    audit: AuditSink,
+}
+
+impl HealthSource for Health {
+    fn readiness(&self) -> Vec<Check> {
+        vec![
+            Check {
+                name: "policy".into(),
+                ok: true,
+                detail: format!("version {}", self.runtime.load().policy.version()),
+            },
+            Check {
+                name: "issuer_keys".into(),
+                ok: self.auth.is_ready(),
+                detail: if self.auth.is_ready() {
+                    "every issuer's signing keys are loaded".into()
+                } else {
+                    "waiting for an issuer's JWKS".into()
+                },
+            },
+            Check {
+                name: "audit".into(),
+                ok: self.audit.is_healthy(),
+                detail: if self.audit.is_healthy() {
+                    "audit sink is writing".into()
+                } else {
+                    "audit sink is failing or full: requests are refused".into()
+                },
+            },
+        ]
+    }
+}
+
+type BoxTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A one-shot future run as a pingora background service; it stops with the server.
+struct Task(Mutex<Option<BoxTask>>);
+
+impl Task {
+    fn new(f: impl Future<Output = ()> + Send + 'static) -> Self {
+        Task(Mutex::new(Some(Box::pin(f))))
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Task {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(task) = self.0.lock().take() else {
+            return;
+        };
+        tokio::select! {
+            _ = task => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }

@@ -20,6 +20,17 @@ pub enum AuthError {
     Invalid,
 }
 
+impl AuthError {
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        "invalid"
+    }
+    /// True when the identity provider is unreachable.
+    pub fn is_unavailable(&self) -> bool {
+        false
+    }
+}
+
 /// Validates bearer tokens against the configured issuers, with a verified-token cache.
 pub struct Authenticator {}
 

@@ -46,6 +46,10 @@ pub struct Denial {
 pub enum DenyReason {
     /// 400: the path could mean one thing to fhirwall and another to the backend.
     UnsafePath,
+    /// 400: the request is malformed in a way unrelated to credentials (for example a
+    /// method-override header, which would make the backend run another method than the one
+    /// authorized).
+    BadRequest,
     /// 400 `invalid_request`: malformed credentials (two `Authorization` headers, a token in
     /// the query string, ...). RFC 6750 §3.1.
     InvalidRequest,
@@ -53,7 +57,10 @@ pub enum DenyReason {
     MissingToken,
     /// 401 `invalid_token`: the token is malformed, expired, not yet valid, from an
     /// untrusted issuer, for another audience, badly signed, or signed by an unknown key.
-    InvalidToken,
+    InvalidToken {
+        /// The authentication failure's stable code (`expired`, `bad_signature`, ...).
+        cause: &'static str,
+    },
     /// 403 `insufficient_scope`: the token lacks the scopes the route needs; `needed` is the
     /// minimal space-separated set that would satisfy it.
     InsufficientScope {
@@ -184,9 +191,10 @@ impl DenyReason {
     pub fn code(&self) -> &'static str {
         match self {
             DenyReason::UnsafePath => "unsafe_path",
+            DenyReason::BadRequest => "bad_request",
             DenyReason::InvalidRequest => "invalid_request",
             DenyReason::MissingToken => "missing_token",
-            DenyReason::InvalidToken => "invalid_token",
+            DenyReason::InvalidToken { .. } => "invalid_token",
             DenyReason::InsufficientScope { .. } => "insufficient_scope",
             DenyReason::PatientContext => "patient_context",
             DenyReason::NoRoute => "no_route",

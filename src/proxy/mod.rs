@@ -1,1 +1,451 @@
-//! The pingora proxy. (Being written.)
+//! The pingora proxy: one request, top to bottom.
+//!
+//! ```text
+//! request_filter ─ audit healthy? ─ policy.route ─ bearer ─ auth ─ policy.authorize ─▶ Decision
+//!     │ Deny  ─▶ respond::Answer (status, WWW-Authenticate, OperationOutcome); done
+//!     ▼ Allow
+//! upstream_peer (needs the Permit) ─▶ upstream_request_filter (X-Forwarded-*, X-Request-Id,
+//!     no Authorization) ─▶ upstream ─▶ upstream_response_filter / response_filter
+//!     │ upstream failure ─▶ fail_to_proxy: 502/504 + OperationOutcome
+//!     ▼
+//! logging: one audit record and the metrics, for every request
+//! ```
+//!
+//! Each phase is a few lines delegating to one module; the [`Decision`] made in
+//! `request_filter` is the single source the later phases, the audit record and the metrics
+//! read.
+
+pub mod respond;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::audit::{redact_query, AuditRecord, AuditSink};
+use crate::auth::{bearer, Authenticator, Principal};
+use crate::metrics::{method_label, status_class, Metrics};
+use crate::policy::{Decision, Denial, DenyReason, Policy};
+use respond::{Answer, UpstreamFailure};
+use upstream::{Upstream, METHOD_OVERRIDE_HEADERS, X_REQUEST_ID};
+
+/// Everything derived from the configuration that a request needs, compiled once and
+/// swapped as a whole, so an in-flight request finishes under the version it started with.
+pub struct Runtime {
+    /// The compiled policy.
+    pub policy: Arc<Policy>,
+    /// The upstream peer and header rules.
+    pub upstream: Upstream,
+    /// `realm` of the challenges.
+    pub realm: Arc<str>,
+    /// Query parameters whose values audit records may keep.
+    pub audit_allow_query: Vec<String>,
+}
+
+/// The gateway: fhirwall's [`ProxyHttp`] implementation.
+pub struct Gateway {
+    runtime: Arc<ArcSwap<Runtime>>,
+    auth: Arc<Authenticator>,
+    audit: AuditSink,
+    metrics: Arc<Metrics>,
+}
+
+/// Per-request state, carried through every phase.
+pub struct RequestCtx {
+    started: Instant,
+    arrived: SystemTime,
+    request_id: String,
+    runtime: Option<Arc<Runtime>>,
+    principal: Option<Arc<Principal>>,
+    decision: Option<Decision>,
+    upstream_sent: Option<Instant>,
+    upstream_status: Option<u16>,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Builds the gateway over shared state.
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        auth: Arc<Authenticator>,
+        audit: AuditSink,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Gateway {
+            runtime,
+            auth,
+            audit,
+            metrics,
+        }
+    }
+
+    /// Makes the decision about a request. Every early return is a refusal: anything this
+    /// function cannot establish (route, token, scope, audit) denies.
+    async fn decide(&self, session: &Session, rt: &Runtime, ctx: &mut RequestCtx) -> Decision {
+        // HIPAA 164.312(b): a request that cannot be audited is not served.
+        if !self.audit.is_healthy() {
+            return Decision::Deny(Denial::new(
+                DenyReason::AuditUnavailable,
+                "the audit trail is unavailable; try again shortly",
+            ));
+        }
+        let req = session.req_header();
+        if METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| req.headers.contains_key(*h))
+        {
+            return Decision::Deny(Denial::new(
+                DenyReason::BadRequest,
+                "method override headers are not accepted",
+            ));
+        }
+        let m = match rt.policy.route(&req.method, req.uri.path()) {
+            Ok(m) => m,
+            Err(denial) => return Decision::Deny(denial),
+        };
+        let token = match bearer::extract(&req.headers, req.uri.query()) {
+            Ok(t) => t,
+            Err(e) => {
+                return Decision::Deny(
+                    Denial::new(DenyReason::InvalidRequest, e.to_string())
+                        .on_route(m.route_id().clone(), m.required().clone()),
+                )
+            }
+        };
+        let token = match token {
+            // Public routes ignore credentials; they are neither needed nor checked.
+            Some(t) if !m.is_public() => t.to_owned(),
+            _ => {
+                return rt
+                    .policy
+                    .authorize(&m, req.uri.path(), req.uri.query(), None)
+            }
+        };
+        match self.auth.authenticate(&token).await {
+            Ok(principal) => {
+                let req = session.req_header();
+                let d = rt
+                    .policy
+                    .authorize(&m, req.uri.path(), req.uri.query(), Some(&principal));
+                ctx.principal = Some(principal);
+                d
+            }
+            Err(e) => {
+                let reason = if e.is_unavailable() {
+                    DenyReason::IdentityProviderUnavailable
+                } else {
+                    DenyReason::InvalidToken { cause: e.code() }
+                };
+                Decision::Deny(
+                    Denial::new(reason, e.to_string())
+                        .on_route(m.route_id().clone(), m.required().clone()),
+                )
+            }
+        }
+    }
+
+    fn audit_record(&self, session: &Session, ctx: &RequestCtx, status: u16) -> AuditRecord {
+        let req = session.req_header();
+        let rt = ctx.runtime.as_deref();
+        let decision = ctx.decision.as_ref();
+        let principal = ctx.principal.as_deref();
+        let denial = match decision {
+            Some(Decision::Deny(d)) => Some(d),
+            _ => None,
+        };
+        let required = match decision {
+            Some(Decision::Allow(p)) if !p.is_public() => Some(p.required().to_owned()),
+            Some(Decision::Deny(d)) => d.required.as_deref().map(str::to_owned),
+            _ => None,
+        };
+        let now = Instant::now();
+        AuditRecord {
+            time: format_time(ctx.arrived),
+            request_id: ctx.request_id.clone(),
+            client_addr: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string()),
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| truncate(s, 256).to_owned()),
+            method: req.method.as_str().to_owned(),
+            path: req.uri.path().to_owned(),
+            query: req
+                .uri
+                .query()
+                .map(|q| redact_query(q, rt.map(|r| &r.audit_allow_query[..]).unwrap_or(&[]))),
+            route: decision.and_then(|d| d.route_id()).map(str::to_owned),
+            decision: decision.map_or("deny", Decision::outcome),
+            reason: decision.map_or("internal_error", Decision::reason_code),
+            detail: denial.map(|d| d.detail.to_string()),
+            required_scopes: required,
+            granted_scopes: principal.map(|p| p.scopes.iter().map(|s| s.to_string()).collect()),
+            issuer: principal.map(|p| p.issuer.to_string()),
+            client_id: principal.and_then(|p| p.client_id.as_deref().map(str::to_owned)),
+            subject: principal.and_then(|p| p.subject.as_deref().map(str::to_owned)),
+            fhir_user: principal.and_then(|p| p.fhir_user.as_deref().map(str::to_owned)),
+            patient: principal.and_then(|p| p.patient.as_deref().map(str::to_owned)),
+            jti: principal.and_then(|p| p.jti.as_deref().map(str::to_owned)),
+            status,
+            upstream_status: ctx.upstream_status,
+            latency_ms: millis(now - ctx.started),
+            upstream_latency_ms: ctx.upstream_sent.map(|t| millis(now - t)),
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+            policy_version: rt
+                .map(|r| r.policy.version().to_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            arrived: SystemTime::now(),
+            request_id: String::new(),
+            runtime: None,
+            principal: None,
+            decision: None,
+            upstream_sent: None,
+            upstream_status: None,
+        }
+    }
+
+    /// Decides the request (see [`Gateway::decide`]); a refusal is answered here and ends the
+    /// request (`Ok(true)`).
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let rt = self.runtime.load_full();
+        ctx.request_id = match session.req_header().headers.get(X_REQUEST_ID) {
+            Some(v) if upstream::well_formed_request_id(v.as_bytes()) => {
+                // Checked ASCII above, so this cannot fail.
+                v.to_str().unwrap_or_default().to_owned()
+            }
+            _ => upstream::new_request_id(),
+        };
+        ctx.runtime = Some(rt.clone());
+        let decision = self.decide(session, &rt, ctx).await;
+        let denied = match &decision {
+            Decision::Deny(d) => {
+                log_denial(d, &ctx.request_id);
+                Some(Answer::for_denial(d, &rt.realm))
+            }
+            Decision::Allow(_) => None,
+        };
+        ctx.decision = Some(decision);
+        match denied {
+            Some(answer) => {
+                answer.write(session, &ctx.request_id).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Only a request holding a [`crate::policy::Permit`] gets a peer; anything else is an
+    /// internal error (500), never a pass-through.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        match (
+            ctx.decision.as_ref().and_then(Decision::permit),
+            ctx.runtime.as_ref(),
+        ) {
+            (Some(_), Some(rt)) => Ok(rt.upstream.peer()),
+            _ => Error::e_explain(
+                ErrorType::InternalError,
+                "upstream_peer reached without a permit",
+            ),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(rt) = ctx.runtime.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no runtime in request context");
+        };
+        let client = session.client_addr().and_then(|a| a.as_inet());
+        rt.upstream
+            .prepare_request(upstream_request, client, "http", &ctx.request_id)?;
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// Upstream failures become 502 (unreachable) or 504 (timeout) with an OperationOutcome;
+    /// a client that went away gets nothing; anything else is a 500.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use ErrorType::*;
+        let answer = match (e.esource(), e.etype()) {
+            (ErrorSource::Downstream, _) => None,
+            (_, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&["timeout"])
+                    .inc();
+                Some(Answer::for_upstream(UpstreamFailure::Timeout))
+            }
+            (ErrorSource::Upstream, _)
+            | (
+                _,
+                ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
+                | ConnectionClosed,
+            ) => {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&["connect"])
+                    .inc();
+                Some(Answer::for_upstream(UpstreamFailure::Unreachable))
+            }
+            _ => {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&["other"])
+                    .inc();
+                Some(Answer::internal())
+            }
+        };
+        tracing::warn!(request.id = %ctx.request_id, error = %e, "request failed");
+        let code = match answer {
+            Some(a) if session.response_written().is_none() => {
+                if let Err(we) = a.write(session, &ctx.request_id).await {
+                    tracing::debug!(request.id = %ctx.request_id, error = %we, "could not send error response");
+                }
+                a.status
+            }
+            _ => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Every request ends here: one audit record and the metrics.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let route = ctx
+            .decision
+            .as_ref()
+            .and_then(Decision::route_id)
+            .unwrap_or("_none");
+        let outcome = ctx.decision.as_ref().map_or("deny", Decision::outcome);
+        let m = &self.metrics;
+        m.requests
+            .with_label_values(&[
+                route,
+                method_label(&session.req_header().method),
+                outcome,
+                status_class(status),
+            ])
+            .inc();
+        m.request_duration
+            .with_label_values(&[route, outcome])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(sent) = ctx.upstream_sent {
+            m.upstream_duration
+                .with_label_values(&[route])
+                .observe(sent.elapsed().as_secs_f64());
+        }
+        if let Some(Decision::Deny(d)) = &ctx.decision {
+            m.denials.with_label_values(&[d.reason.code()]).inc();
+        }
+        let record = self.audit_record(session, ctx, status);
+        if let Err(e) = self.audit.submit(record) {
+            // The request was already answered; the sink is marked unhealthy so the next
+            // requests are refused until it recovers.
+            tracing::error!(request.id = %ctx.request_id, error = %e, "audit record lost");
+        }
+    }
+}
+
+fn log_denial(d: &Denial, request_id: &str) {
+    // Our own faults are the operator's business; client faults are routine.
+    match d.reason {
+        DenyReason::IdentityProviderUnavailable | DenyReason::AuditUnavailable => {
+            tracing::warn!(request.id = %request_id, reason = d.reason.code(), detail = %d.detail, "request refused")
+        }
+        _ => tracing::debug!(
+            request.id = %request_id,
+            reason = d.reason.code(),
+            route.id = d.route_id.as_deref().unwrap_or("-"),
+            "request refused"
+        ),
+    }
+}
+
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T10:00:00.123Z`.
+pub fn format_time(t: SystemTime) -> String {
+    use time::macros::format_description;
+    let fmt =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from(t)
+        .format(&fmt)
+        .unwrap_or_default()
+}

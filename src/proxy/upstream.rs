@@ -1,0 +1,170 @@
+//! The upstream side: the peer requests go to, and the headers fhirwall adds or removes on
+//! the way there and back.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{ForwardingConfig, UpstreamConfig};
+
+/// `X-Request-Id`.
+pub const X_REQUEST_ID: &str = "x-request-id";
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// Headers some servers honour to run another method than the request line's; fhirwall
+/// authorizes the request line's method, so a request carrying one is refused.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The upstream peer, resolved once at load so no request waits on DNS.
+#[derive(Clone)]
+pub struct Upstream {
+    peer: HttpPeer,
+    forward_authorization: bool,
+    trust_forwarded_for: bool,
+}
+
+/// Why the upstream could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The host name did not resolve.
+    #[error("upstream host `{host}` did not resolve: {source}")]
+    Resolve {
+        /// The configured host.
+        host: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Resolves the upstream address and prepares the peer template (timeouts, TLS, pool).
+    pub fn new(cfg: &UpstreamConfig, fwd: &ForwardingConfig) -> Result<Self, UpstreamError> {
+        let addr: SocketAddr = (cfg.host.as_str(), cfg.port)
+            .to_socket_addrs()
+            .and_then(|mut it| {
+                it.next()
+                    .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+            })
+            .map_err(|source| UpstreamError::Resolve {
+                host: cfg.host.clone(),
+                source,
+            })?;
+        let mut peer = HttpPeer::new(addr, cfg.tls, cfg.sni.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(cfg.connect_timeout);
+        o.total_connection_timeout = Some(cfg.connect_timeout);
+        o.read_timeout = Some(cfg.read_timeout);
+        o.write_timeout = Some(cfg.write_timeout);
+        o.idle_timeout = Some(cfg.idle_timeout);
+        o.verify_cert = cfg.verify_tls;
+        o.verify_hostname = cfg.verify_tls;
+        Ok(Upstream {
+            peer,
+            forward_authorization: cfg.forward_authorization,
+            trust_forwarded_for: fwd.trust_forwarded_for,
+        })
+    }
+
+    /// A peer for one request (same pool key every time, so connections are reused).
+    pub fn peer(&self) -> Box<HttpPeer> {
+        Box::new(self.peer.clone())
+    }
+
+    /// Rewrites the request on its way upstream: origin-form target (what was matched is
+    /// what is forwarded), no client credentials unless configured, `X-Forwarded-For`,
+    /// `X-Forwarded-Proto` and `X-Request-Id`.
+    pub fn prepare_request(
+        &self,
+        req: &mut RequestHeader,
+        client: Option<&SocketAddr>,
+        proto: &'static str,
+        request_id: &str,
+    ) -> pingora::Result<()> {
+        // An absolute-form target (`GET http://other/Patient/1`) was authorized by its path;
+        // send only that path and query so the backend cannot route on the authority.
+        if req.uri.scheme().is_some() || req.uri.authority().is_some() {
+            let origin_form = req
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str().to_owned())
+                .unwrap_or_else(|| "/".to_owned());
+            let uri = origin_form.parse().map_err(|e| {
+                pingora::Error::because(
+                    pingora::ErrorType::InternalError,
+                    "rewriting the request target",
+                    e,
+                )
+            })?;
+            req.set_uri(uri);
+        }
+        if !self.forward_authorization {
+            req.remove_header(&http::header::AUTHORIZATION);
+        }
+        if let Some(client) = client {
+            let ip = client.ip().to_string();
+            let xff = match req
+                .headers
+                .get(X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if self.trust_forwarded_for && !prev.trim().is_empty() => {
+                    format!("{prev}, {ip}")
+                }
+                _ => ip,
+            };
+            req.insert_header(X_FORWARDED_FOR, xff)?;
+        } else {
+            req.remove_header(X_FORWARDED_FOR);
+        }
+        req.insert_header(X_FORWARDED_PROTO, proto)?;
+        req.insert_header(X_REQUEST_ID, request_id)?;
+        Ok(())
+    }
+}
+
+/// Whether a client-sent `X-Request-Id` is kept: 1 to 128 characters from a conservative
+/// set, so it can be logged and echoed without escaping or header injection.
+pub fn well_formed_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A new random request id (128 bits, 32 hex characters).
+pub fn new_request_id() -> String {
+    let n: u128 = rand::random();
+    format!("{n:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_only_when_well_formed() {
+        assert!(well_formed_request_id(b"abc-123_DEF.4:5"));
+        assert!(!well_formed_request_id(b""));
+        assert!(!well_formed_request_id(b"a b"));
+        assert!(!well_formed_request_id(b"a\r\nx-evil: 1"));
+        assert!(!well_formed_request_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn generated_request_ids_are_unique_hex() {
+        let a = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, new_request_id());
+    }
+}
