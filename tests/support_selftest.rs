@@ -384,12 +384,17 @@ async fn a_gateway_that_cannot_start_is_reported_with_its_exit_status_and_stderr
         .spawn()
         .await
     {
-        Ok(gateway) => panic!("started with an unwritable audit file: {}", gateway.stderr()),
+        Ok(gateway) => panic!(
+            "started with an unwritable audit file: {}",
+            gateway.stderr()
+        ),
         Err(failure) => failure,
     };
     let status = failure.status.expect("the process exited");
     assert!(!status.success());
     assert!(!failure.stderr.is_empty());
-    assert!(failure.config.contains("/nonexistent-fhirwall-dir/audit.jsonl"));
+    assert!(failure
+        .config
+        .contains("/nonexistent-fhirwall-dir/audit.jsonl"));
     assert!(failure.to_string().contains("--- stderr ---"));
 }
