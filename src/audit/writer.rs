@@ -1,0 +1,345 @@
+//! The writer task: drains the queue in batches, encodes JSON lines into one reusable buffer,
+//! and writes the buffer when it is due (flush interval), large, or the sinks are gone.
+//!
+//! The blocking `write` runs on tokio's blocking pool so a slow target (a full pipe on
+//! stdout, a stalled network disk) never stalls a runtime worker that serves requests.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::output::MakeWriter;
+use super::{AuditRecord, Shared};
+
+/// Knobs that are constants in production and shortened in tests.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tuning {
+    /// Records taken from the queue per wake-up.
+    pub(super) max_batch: usize,
+    /// Once the buffer holds this many bytes it is written without waiting for the flush
+    /// interval; while it is this large, the writer stops taking records (back-pressure
+    /// reaches the queue, and through it `is_healthy`).
+    pub(super) high_water: usize,
+    /// First retry delay after a failed write; doubles up to `retry_max`.
+    pub(super) retry_initial: Duration,
+    /// Longest delay between two retries.
+    pub(super) retry_max: Duration,
+    /// After every sink is dropped, how long a failing target is retried before the
+    /// remaining records are given up on (so shutdown cannot hang on a dead disk).
+    pub(super) shutdown_budget: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            max_batch: 1024,
+            high_water: 256 * 1024,
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
+            shutdown_budget: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The writer's state; see the module docs.
+pub(super) struct Writer {
+    rx: mpsc::Receiver<AuditRecord>,
+    /// `None` only while a write is in flight on the blocking pool.
+    output: Option<Output>,
+    flush_interval: Duration,
+    tuning: Tuning,
+    shared: Arc<Shared>,
+    _alive: AliveGuard,
+}
+
+/// The target and its current writer.
+struct Output {
+    make: Box<dyn MakeWriter>,
+    /// Dropped after a failure so the next attempt reopens the target.
+    current: Option<Box<dyn io::Write + Send>>,
+}
+
+/// Encoded records not yet (completely) written.
+struct Pending {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already accepted by the target: a partial write is resumed from here,
+    /// so a retry neither duplicates nor truncates a line.
+    written: usize,
+    /// Records encoded in `buf`.
+    records: u64,
+    /// When the oldest record in `buf` was encoded: it must be written by
+    /// `since + flush_interval`.
+    since: Option<Instant>,
+}
+
+/// Retry state after a failed write.
+struct Retry {
+    attempt: u32,
+    delay: Duration,
+    at: Instant,
+}
+
+/// Marks the writer stopped however it ends (return, panic, or dropped without running).
+struct AliveGuard(Arc<Shared>);
+
+// === impl Writer ===
+
+impl Writer {
+    pub(super) fn new(
+        rx: mpsc::Receiver<AuditRecord>,
+        make: Box<dyn MakeWriter>,
+        flush_interval: Duration,
+        tuning: Tuning,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            rx,
+            output: Some(Output {
+                make,
+                current: None,
+            }),
+            flush_interval,
+            tuning,
+            _alive: AliveGuard(shared.clone()),
+            shared,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.tuning.max_batch);
+        let mut pending = Pending {
+            buf: Vec::with_capacity(self.tuning.high_water + 64 * 1024),
+            written: 0,
+            records: 0,
+            since: None,
+        };
+        let mut retry: Option<Retry> = None;
+        let mut closed_at: Option<Instant> = None;
+
+        loop {
+            self.shared
+                .metrics
+                .audit_queue_depth
+                .set(i64::try_from(self.rx.len() as u64 + pending.records).unwrap_or(i64::MAX));
+
+            if pending.buf.is_empty() {
+                if closed_at.is_some() {
+                    break;
+                }
+            } else if let (Some(closed), Some(_)) = (closed_at, &retry) {
+                if closed.elapsed() >= self.tuning.shutdown_budget {
+                    tracing::error!(
+                        audit.target = %self.shared.target,
+                        audit.lost_records = pending.records,
+                        "audit writer giving up at shutdown: the target kept failing"
+                    );
+                    break;
+                }
+            }
+
+            // Take more records only when the last write worked and the buffer has room:
+            // while the target fails, the queue fills and `is_healthy` turns the traffic away
+            // instead of this buffer growing without bound.
+            let accepting = closed_at.is_none()
+                && retry.is_none()
+                && pending.buf.len() < self.tuning.high_water;
+            let due = if pending.buf.is_empty() {
+                None
+            } else if let Some(retry) = &retry {
+                Some(retry.at)
+            } else if closed_at.is_some() {
+                Some(Instant::now())
+            } else {
+                let since = pending.since.unwrap_or_else(Instant::now);
+                Some(deadline(since, self.flush_interval))
+            };
+
+            tokio::select! {
+                // Writing what is due comes before taking more, so a steady stream of records
+                // cannot postpone a flush.
+                biased;
+                () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    if !self.write(&mut pending, &mut retry).await {
+                        break;
+                    }
+                }
+                n = self.rx.recv_many(&mut batch, self.tuning.max_batch), if accepting => {
+                    if n == 0 {
+                        // Every sink is gone and the queue is empty: write out and stop.
+                        closed_at = Some(Instant::now());
+                        continue;
+                    }
+                    self.encode(&mut batch, &mut pending);
+                    if pending.buf.len() >= self.tuning.high_water
+                        && !self.write(&mut pending, &mut retry).await
+                    {
+                        break;
+                    }
+                }
+                // Unreachable: with nothing pending the writer is accepting unless closed,
+                // and closed with nothing pending broke out above.
+                else => break,
+            }
+        }
+        self.shared.metrics.audit_queue_depth.set(0);
+    }
+
+    /// Encodes and empties `batch` into the pending buffer.
+    fn encode(&self, batch: &mut Vec<AuditRecord>, pending: &mut Pending) {
+        let mut unencodable = 0u64;
+        for record in batch.drain(..) {
+            let start = pending.buf.len();
+            match serde_json::to_writer(&mut pending.buf, &record) {
+                Ok(()) => {
+                    pending.buf.push(b'\n');
+                    pending.records += 1;
+                }
+                Err(e) => {
+                    // Cannot happen with the record's field types; if it ever does, drop
+                    // the half-written line rather than corrupt the trail.
+                    pending.buf.truncate(start);
+                    unencodable += 1;
+                    self.shared.metrics.audit_dropped.inc();
+                    tracing::error!(error = %e, "audit record could not be encoded; dropped");
+                }
+            }
+        }
+        if pending.records > 0 && pending.since.is_none() {
+            pending.since = Some(Instant::now());
+        }
+        if unencodable > 0 {
+            self.shared
+                .progress
+                .send_modify(|p| p.settled += unencodable);
+        }
+    }
+
+    /// Writes the pending buffer (from where the last attempt stopped) and flushes.
+    /// Returns false when the writer cannot go on (the runtime is shutting down).
+    async fn write(&mut self, pending: &mut Pending, retry: &mut Option<Retry>) -> bool {
+        let Some(mut output) = self.output.take() else {
+            return false;
+        };
+        let mut buf = std::mem::take(&mut pending.buf);
+        let mut written = pending.written;
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = output.write_from(&buf, &mut written);
+            if result.is_ok() {
+                buf.clear();
+                written = 0;
+            }
+            (output, buf, written, result)
+        })
+        .await;
+        let (output, buf, written, result) = match joined {
+            Ok(parts) => parts,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {
+                // The runtime is shutting down under us; the records cannot be written.
+                tracing::error!(
+                    audit.target = %self.shared.target,
+                    audit.lost_records = pending.records,
+                    "audit write cancelled by runtime shutdown"
+                );
+                return false;
+            }
+        };
+        self.output = Some(output);
+        pending.buf = buf;
+        pending.written = written;
+
+        match result {
+            Ok(()) => {
+                let records = pending.records;
+                pending.records = 0;
+                pending.since = None;
+                let metrics = &self.shared.metrics;
+                metrics.audit_records.inc_by(records);
+                self.shared.write_ok.store(true, Ordering::Release);
+                if let Some(failed) = retry.take() {
+                    tracing::info!(
+                        audit.target = %self.shared.target,
+                        audit.failed_attempts = failed.attempt,
+                        "audit writes recovered"
+                    );
+                }
+                self.shared.progress.send_modify(|p| p.settled += records);
+            }
+            Err(e) => {
+                self.shared.metrics.audit_write_errors.inc();
+                *self.shared.last_error.lock() = Some(e.to_string());
+                self.shared.write_ok.store(false, Ordering::Release);
+                let (attempt, delay) = match retry.as_ref() {
+                    None => (1, self.tuning.retry_initial),
+                    Some(r) => (r.attempt + 1, (r.delay * 2).min(self.tuning.retry_max)),
+                };
+                // Record contents never go to the operational log: only the target and the
+                // OS error.
+                tracing::error!(
+                    audit.target = %self.shared.target,
+                    error = %e,
+                    audit.pending_records = pending.records,
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "audit write failed; holding records and retrying"
+                );
+                *retry = Some(Retry {
+                    attempt,
+                    delay,
+                    at: Instant::now() + delay,
+                });
+            }
+        }
+        true
+    }
+}
+
+/// `since + interval`, saturating for absurd intervals instead of panicking.
+fn deadline(since: Instant, interval: Duration) -> Instant {
+    since
+        .checked_add(interval)
+        .unwrap_or_else(|| since + Duration::from_secs(365 * 24 * 3600))
+}
+
+// === impl Output ===
+
+impl Output {
+    /// Writes `buf[*written..]` and flushes, advancing `*written` past every byte the target
+    /// accepted. One `write` call in the normal case; more only after a short write.
+    fn write_from(&mut self, buf: &[u8], written: &mut usize) -> io::Result<()> {
+        let result = self.try_write_from(buf, written);
+        if result.is_err() {
+            self.current = None;
+        }
+        result
+    }
+
+    fn try_write_from(&mut self, buf: &[u8], written: &mut usize) -> io::Result<()> {
+        let writer = match &mut self.current {
+            Some(writer) => writer,
+            None => self.current.insert(self.make.make_writer()?),
+        };
+        while *written < buf.len() {
+            match writer.write(&buf[*written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        writer.flush()
+    }
+}
+
+// === impl AliveGuard ===
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.writer_alive.store(false, Ordering::Release);
+        self.0.progress.send_modify(|p| p.stopped = true);
+    }
+}
