@@ -3,9 +3,12 @@
 //!
 //! Interactions (FHIR R4 http.html): `GET metadata` (CapabilityStatement with the SMART
 //! security extension), `GET .well-known/smart-configuration` (SMART App Launch 2.x
-//! discovery pointing at the dev issuer), `read`, `search-type` (a few parameters, see
-//! [`SEARCH_PARAMS`]) and `create` on Patient, Observation, Condition, MedicationRequest,
-//! AllergyIntolerance and Encounter. Failures answer with an OperationOutcome.
+//! discovery pointing at the dev issuer), `read`, `search-type` and `create` on Patient,
+//! Observation, Condition, MedicationRequest, AllergyIntolerance and Encounter. Search
+//! understands `_id`, `patient` (bare id or `Patient/<id>`), `subject` (and
+//! `subject:Patient`), and the token parameters `category`, `code` and `type` where R4
+//! defines them; comma-separated values are alternatives; other parameters are ignored (or
+//! refused with `Prefer: handling=strict`). Failures answer with an OperationOutcome.
 //!
 //! DEV ONLY: every response carries headers that echo what reached the backend, so demos and
 //! tests can see what the gateway forwarded:
