@@ -83,7 +83,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(background_service(
         "audit writer",
-        Task::new(async move { audit_writer.run().await }),
+        // Keeps writing through the shutdown grace period, so requests that finish while
+        // draining are still recorded (records reach the file within `flush_interval`).
+        Task::new(async move { audit_writer.run().await }).outliving_shutdown(),
     ));
     server.add_service(background_service(
         "jwks refresh",
@@ -148,36 +150,43 @@ impl HealthSource for Health {
                     "waiting for an issuer's JWKS".into()
                 },
             },
-            Check {
-                name: "audit".into(),
-                ok: self.audit.is_healthy(),
-                detail: if self.audit.is_healthy() {
-                    "audit sink is writing".into()
-                } else {
-                    "audit sink is failing or full: requests are refused".into()
-                },
-            },
+            self.audit.readiness_check(),
         ]
     }
 }
 
 type BoxTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A one-shot future run as a pingora background service; it stops with the server.
-struct Task(Mutex<Option<BoxTask>>);
+/// A one-shot future run as a pingora background service.
+struct Task {
+    future: Mutex<Option<BoxTask>>,
+    /// Stop at the shutdown signal (default), or run until the runtime itself goes away.
+    stop_on_shutdown: bool,
+}
 
 impl Task {
     fn new(f: impl Future<Output = ()> + Send + 'static) -> Self {
-        Task(Mutex::new(Some(Box::pin(f))))
+        Task {
+            future: Mutex::new(Some(Box::pin(f))),
+            stop_on_shutdown: true,
+        }
+    }
+
+    fn outliving_shutdown(mut self) -> Self {
+        self.stop_on_shutdown = false;
+        self
     }
 }
 
 #[async_trait]
 impl BackgroundService for Task {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(task) = self.0.lock().take() else {
+        let Some(task) = self.future.lock().take() else {
             return;
         };
+        if !self.stop_on_shutdown {
+            return task.await;
+        }
         tokio::select! {
             _ = task => {}
             _ = shutdown.changed() => {}
