@@ -137,7 +137,8 @@ mod tests {
     #[test]
     fn extraction_follows_rfc_6750() {
         type Want = Result<Option<&'static str>, BearerError>;
-        let cases: &[(&[&[u8]], Option<&str>, Want)] = &[
+        type Case = (&'static [&'static [u8]], Option<&'static str>, Want);
+        let cases: &[Case] = &[
             (&[], None, Ok(None)),
             (&[b"Bearer abc.def-ghi"], None, Ok(Some("abc.def-ghi"))),
             (&[b"bearer abc"], None, Ok(Some("abc"))),
