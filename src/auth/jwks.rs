@@ -524,19 +524,16 @@ impl IssuerKeys {
     /// `jwks_refresh_interval`; after a failure, retry every `jwks_min_refresh_interval`
     /// (at least 1 s, at most the refresh interval). Never returns.
     pub(crate) async fn run_schedule(self: Arc<Self>) {
+        // Floors of 1 s: a zero interval must not turn this loop into a busy one.
+        let interval = self.refresh_interval.max(Duration::from_secs(1));
         let retry = self
             .min_refresh_interval
             .max(Duration::from_secs(1))
-            .min(self.refresh_interval);
+            .min(interval);
         loop {
             self.refresh().await;
             let failing = self.last_error.load().is_some() || !self.is_loaded();
-            tokio::time::sleep(if failing {
-                retry
-            } else {
-                self.refresh_interval
-            })
-            .await;
+            tokio::time::sleep(if failing { retry } else { interval }).await;
         }
     }
 

@@ -348,6 +348,18 @@ mod tests {
         format!("http://{addr}/jwks")
     }
 
+    #[test]
+    fn the_authenticator_can_be_shared_across_pingora_tasks() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let auth = Authenticator::new(&[issuer_config(ISS, None)], &CACHE, Arc::default());
+        send_sync(&auth);
+        // pingora's phases are `async_trait` methods: every future they await must be Send.
+        send(auth.authenticate("token"));
+        send(auth.load_all());
+        send(Arc::new(auth).run_refresh());
+    }
+
     #[tokio::test]
     async fn valid_rs256_and_es256_tokens_are_accepted() {
         let f = Fixture::new(|_| {}).await;
@@ -620,26 +632,18 @@ mod tests {
     async fn an_unknown_kid_refreshes_once_then_fails_fast() {
         let interval = Duration::from_millis(1000);
         let f = Fixture::new(|c| c.jwks_min_refresh_interval = interval).await;
+        // Signed up front, so the rate-limit window is not spent signing.
+        let [ghost1, ghost2, ghost3] = ["ghost-1", "ghost-2", "ghost-3"]
+            .map(|kid| TestKey::rsa2().sign_with(Algorithm::RS256, Some(kid), &claims(ISS)));
         tokio::time::sleep(interval + Duration::from_millis(100)).await;
 
-        let ghost =
-            |kid: &str| TestKey::rsa2().sign_with(Algorithm::RS256, Some(kid), &claims(ISS));
-        assert_eq!(
-            f.auth(&ghost("ghost-1")).await.unwrap_err(),
-            AuthError::UnknownKey
-        );
+        assert_eq!(f.auth(&ghost1).await.unwrap_err(), AuthError::UnknownKey);
         assert_eq!(f.idp.jwks_fetches(), 2, "one refresh for the unknown kid");
-        assert_eq!(
-            f.auth(&ghost("ghost-2")).await.unwrap_err(),
-            AuthError::UnknownKey
-        );
+        assert_eq!(f.auth(&ghost2).await.unwrap_err(), AuthError::UnknownKey);
         assert_eq!(f.idp.jwks_fetches(), 2, "rate-limited within the interval");
 
         tokio::time::sleep(interval + Duration::from_millis(100)).await;
-        assert_eq!(
-            f.auth(&ghost("ghost-3")).await.unwrap_err(),
-            AuthError::UnknownKey
-        );
+        assert_eq!(f.auth(&ghost3).await.unwrap_err(), AuthError::UnknownKey);
         assert_eq!(f.idp.jwks_fetches(), 3, "allowed again after the interval");
     }
 
@@ -651,21 +655,32 @@ mod tests {
         // A slow IdP, so the flood arrives while the fetch is in flight.
         *f.idp.state.delay.lock() = Duration::from_millis(200);
 
-        let mut flood = tokio::task::JoinSet::new();
-        for i in 0..50 {
-            let auth = Arc::clone(&f.auth);
-            let token = TestKey::rsa2().sign_with(
-                Algorithm::RS256,
-                Some(&format!("fake-{i}")),
-                &claims(ISS),
-            );
-            flood.spawn(async move { auth.authenticate(&token).await });
-        }
-        while let Some(result) = flood.join_next().await {
-            assert_eq!(result.unwrap().unwrap_err(), AuthError::UnknownKey);
+        // Two waves: the first arrives while the refresh is in flight and waits for it (single
+        // flight); the second arrives after it, within the interval, and fails fast (rate limit).
+        // The kid is read before any signature check, so one signature serves all the tokens
+        // (and the test does not spend its interval signing).
+        let signed = TestKey::rsa2().sign(&claims(ISS));
+        let (_, body) = signed.split_once('.').unwrap();
+        let with_kid = |kid: &str| {
+            use base64::Engine;
+            let header = json!({"alg": "RS256", "kid": kid});
+            let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&header).unwrap());
+            format!("{header}.{body}")
+        };
+        for wave in 0..2 {
+            let mut flood = tokio::task::JoinSet::new();
+            for i in 0..50 {
+                let auth = Arc::clone(&f.auth);
+                let token = with_kid(&format!("fake-{wave}-{i}"));
+                flood.spawn(async move { auth.authenticate(&token).await });
+            }
+            while let Some(result) = flood.join_next().await {
+                assert_eq!(result.unwrap().unwrap_err(), AuthError::UnknownKey);
+            }
         }
         assert_eq!(f.idp.jwks_fetches(), 2, "the initial load and one refresh");
-        assert_eq!(f.validations("unknown_key"), 50);
+        assert_eq!(f.validations("unknown_key"), 100);
     }
 
     #[tokio::test]
