@@ -78,13 +78,7 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(
-            f,
-            "{}:{}:{}: {sev}: ",
-            self.file.display(),
-            self.line,
-            self.col
-        )?;
+        write!(f, "{}:{}:{}: {sev}: ", self.file.display(), self.line, self.col)?;
         if !self.key.is_empty() {
             write!(f, "`{}`: ", self.key)?;
         }
