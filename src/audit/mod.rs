@@ -31,7 +31,10 @@ pub struct AuditWriter {}
 
 impl AuditSink {
     /// Opens the target (an unwritable file is a startup error) and returns the two halves.
-    pub fn open(cfg: &AuditConfig, metrics: Arc<Metrics>) -> std::io::Result<(AuditSink, AuditWriter)> {
+    pub fn open(
+        cfg: &AuditConfig,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<(AuditSink, AuditWriter)> {
         let _ = (cfg, metrics);
         todo!()
     }

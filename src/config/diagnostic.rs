@@ -78,7 +78,13 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}:{}: {sev}: ", self.file.display(), self.line, self.col)?;
+        write!(
+            f,
+            "{}:{}:{}: {sev}: ",
+            self.file.display(),
+            self.line,
+            self.col
+        )?;
         if !self.key.is_empty() {
             write!(f, "`{}`: ", self.key)?;
         }
