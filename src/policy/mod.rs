@@ -9,6 +9,7 @@
 
 pub mod decision;
 pub mod path;
+pub mod r4;
 pub mod route;
 pub mod scope;
 
