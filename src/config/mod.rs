@@ -7,6 +7,7 @@
 
 mod diagnostic;
 mod file;
+pub(crate) mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 
