@@ -320,11 +320,6 @@ impl<'f> Reader<'f> {
         }
     }
 
-    /// The file diagnostics point into.
-    pub(crate) fn file(&self) -> &'f Path {
-        self.file
-    }
-
     /// Records an error about the value at `key`.
     pub(crate) fn error(&mut self, mark: Mark, key: &str, msg: impl Into<String>) {
         self.diags
