@@ -616,3 +616,111 @@ fn an_unreadable_policy_file_is_one_diagnostic() {
     assert_eq!(d.0[0].line, 0);
     assert!(d.0[0].message.starts_with("cannot read the policy file: "));
 }
+
+// --- the shipped example policy (the dev demo relies on these routes) ---
+
+fn shipped() -> Policy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/fhir-r4.yaml");
+    Policy::load(&path).unwrap_or_else(|d| panic!("{d}"))
+}
+
+#[test]
+fn the_shipped_policy_confines_patient_reads_by_the_id_segment() {
+    let p = shipped();
+    let who = principal(
+        "openid fhirUser launch/patient patient/Patient.r",
+        Some("123"),
+    );
+    let ok = permit(decide(&p, Method::GET, "/fhir/Patient/123", Some(&who)));
+    assert_eq!(ok.route_id(), "patient-read");
+    let d = denial(decide(&p, Method::GET, "/fhir/Patient/456", Some(&who)));
+    assert_eq!(d.reason, DenyReason::PatientContext);
+    for scopes in [
+        "user/Patient.r",
+        "system/Patient.r",
+        "patient/Patient.read user/Patient.read",
+    ] {
+        let who = principal(scopes, None);
+        permit(decide(&p, Method::GET, "/fhir/Patient/456", Some(&who)));
+    }
+}
+
+#[test]
+fn the_shipped_policy_confines_observation_searches_by_the_patient_parameter() {
+    let p = shipped();
+    let who = principal("patient/Observation.s", Some("123"));
+    let ok = permit(decide(
+        &p,
+        Method::GET,
+        "/fhir/Observation?patient=123",
+        Some(&who),
+    ));
+    assert_eq!(ok.route_id(), "observation-search");
+    let d = denial(decide(
+        &p,
+        Method::GET,
+        "/fhir/Observation?patient=456",
+        Some(&who),
+    ));
+    assert_eq!(d.reason, DenyReason::PatientContext);
+    let who = principal("patient/Observation.r", Some("123"));
+    let d = denial(decide(
+        &p,
+        Method::GET,
+        "/fhir/Observation?patient=123",
+        Some(&who),
+    ));
+    assert_eq!(
+        d.reason,
+        DenyReason::InsufficientScope {
+            needed: "patient/Observation.s".into()
+        }
+    );
+}
+
+#[test]
+fn the_shipped_policy_has_public_discovery_and_the_documented_routes() {
+    let p = shipped();
+    permit(decide(&p, Method::GET, "/fhir/metadata", None));
+    permit(decide(
+        &p,
+        Method::GET,
+        "/fhir/.well-known/smart-configuration",
+        None,
+    ));
+    assert_eq!(
+        denial(decide(&p, Method::POST, "/fhir/metadata", None)).reason,
+        DenyReason::NoRoute
+    );
+    let ids: Vec<String> = p.route_ids().iter().map(|s| s.to_string()).collect();
+    for t in [
+        "observation",
+        "condition",
+        "medication-request",
+        "allergy-intolerance",
+        "encounter",
+    ] {
+        assert!(ids.contains(&format!("{t}-read")), "{t}");
+        assert!(ids.contains(&format!("{t}-search")), "{t}");
+    }
+    assert!(ids.contains(&"patient-search".to_owned()));
+    let who = principal("user/Observation.c", None);
+    let ok = permit(decide(&p, Method::POST, "/fhir/Observation", Some(&who)));
+    assert_eq!(ok.route_id(), "observation-create");
+    let who = principal("patient/*.rs", Some("123"));
+    let ok = permit(decide(
+        &p,
+        Method::GET,
+        "/fhir/Patient/123/$everything",
+        Some(&who),
+    ));
+    assert_eq!(ok.route_id(), "patient-everything");
+    let who = principal("patient/Patient.s", Some("123"));
+    permit(decide(&p, Method::GET, "/fhir/Patient?_id=123", Some(&who)));
+    denial(decide(
+        &p,
+        Method::GET,
+        "/fhir/Patient?name=smith",
+        Some(&who),
+    ));
+}
