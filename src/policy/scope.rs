@@ -179,8 +179,8 @@ pub enum Evaluation {
     Satisfied {
         /// Index of the `any_of` alternative that was used (`None` when `any_of` is empty).
         alternative: Option<usize>,
-        /// True when a used scope is a `patient/` scope, so the request had to be (and was)
-        /// confined to the token's patient.
+        /// True when a used scope is a `patient/` scope, so `confinement_holds` was
+        /// consulted (and held).
         confined: bool,
     },
     /// The scopes are there, but only `patient/` ones, and the request is not confined to
