@@ -724,3 +724,11 @@ fn the_shipped_policy_has_public_discovery_and_the_documented_routes() {
         Some(&who),
     ));
 }
+
+#[test]
+fn policies_and_matches_can_cross_threads_and_awaits() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Policy>();
+    send_sync::<RouteMatch<'static>>();
+    send_sync::<Decision>();
+}
