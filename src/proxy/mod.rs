@@ -310,7 +310,7 @@ impl ProxyHttp for Gateway {
                     ErrorType::ReadTimedout,
                     "upstream response header exceeded total_timeout",
                 );
-                e.set_esource(ErrorSource::Upstream);
+                e.as_up();
                 return Err(e);
             }
         }
