@@ -7,6 +7,10 @@
 //! next to the benchmarked route). The two should cost the same: matching walks a trie, it
 //! never scans routes.
 //!
+//! The `request` group measures the whole per-request decision the proxy makes once a token
+//! has been seen: verified-token cache lookup (SHA-256 of a real RS256 JWT + moka), route
+//! match and scope check. The token is verified once against a JWKS served on loopback.
+//!
 //! Run: `cargo bench --bench decision` (`-- --quick` for a short run).
 
 use std::fmt::Write as _;
@@ -122,5 +126,109 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// Serves `jwks` on 127.0.0.1 and returns its URL.
+async fn serve_jwks(jwks: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let body = jwks.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/jwks")
+}
+
+fn bench_request(c: &mut Criterion) {
+    use fhirwall::auth::Authenticator;
+    use fhirwall::config::{IssuerConfig, TokenCacheConfig};
+    use jsonwebtoken::{jwk::Jwk, Algorithm, EncodingKey, Header};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys");
+    let pem = std::fs::read(keys.join("rsa1.key.pem")).expect("fixture key");
+    let enc = EncodingKey::from_rsa_pem(&pem).expect("rsa key");
+    let mut jwk = Jwk::from_encoding_key(&enc, Algorithm::RS256).expect("jwk");
+    jwk.common.key_id = Some("bench".into());
+    let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
+    let jwks_uri = rt.block_on(serve_jwks(jwks));
+
+    let issuer = "https://idp.example.org";
+    let cfg = IssuerConfig {
+        issuer: issuer.into(),
+        audiences: vec!["https://fhir.example.org".into()],
+        jwks_uri: Some(jwks_uri),
+        algorithms: vec![Algorithm::RS256],
+        leeway: Duration::from_secs(30),
+        jwks_refresh_interval: Duration::from_secs(300),
+        jwks_min_refresh_interval: Duration::from_secs(30),
+        fetch_timeout: Duration::from_secs(5),
+        patient_claim: "patient".into(),
+    };
+    let cache = TokenCacheConfig {
+        max_entries: 100_000,
+        max_ttl: Duration::from_secs(300),
+    };
+    let metrics = Arc::new(fhirwall::metrics::Metrics::new());
+    let auth = Authenticator::new(&[cfg], &cache, metrics);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("bench".into());
+    let claims = serde_json::json!({
+        "iss": issuer, "aud": "https://fhir.example.org", "sub": "user-1", "client_id": "app",
+        "iat": now, "nbf": now, "exp": now + 3600, "jti": "bench-1", "patient": "123",
+        "fhirUser": "Patient/123",
+        "scope": "openid fhirUser launch/patient offline_access patient/Patient.r \
+                  patient/Observation.rs patient/Condition.rs patient/MedicationRequest.rs \
+                  patient/AllergyIntolerance.rs patient/Encounter.rs",
+    });
+    let token = jsonwebtoken::encode(&header, &claims, &enc).expect("sign");
+    // Warm the cache: the first call verifies the signature, every later one is a hit.
+    rt.block_on(auth.authenticate(&token)).expect("token verifies");
+    let policy = Policy::parse(&shipped_source(), Path::new("fhir-r4.yaml")).expect("loads");
+
+    let mut g = c.benchmark_group("request");
+    g.bench_function("cached-token+route+scope/patient-read", |b| {
+        b.to_async(&rt).iter(|| async {
+            let who = auth.authenticate(black_box(&token)).await.expect("cached");
+            let d = decide(&policy, black_box("/fhir/Patient/123"), None, &who);
+            assert!(d.permit().is_some());
+            d
+        })
+    });
+    g.bench_function("cached-token+route+scope/observation-search", |b| {
+        b.to_async(&rt).iter(|| async {
+            let who = auth.authenticate(black_box(&token)).await.expect("cached");
+            decide(
+                &policy,
+                black_box("/fhir/Observation"),
+                black_box(Some("patient=123&_count=50")),
+                &who,
+            )
+        })
+    });
+    g.bench_function("cached-token-only", |b| {
+        b.to_async(&rt)
+            .iter(|| async { auth.authenticate(black_box(&token)).await.is_ok() })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_request);
 criterion_main!(benches);
