@@ -249,3 +249,39 @@ async fn query_values_are_redacted_by_default_except_for_result_parameters() {
     let raw = std::fs::read_to_string(stack.gateway.audit_path()).unwrap();
     assert!(!raw.contains("1234-5"), "a search value leaked: {raw}");
 }
+
+#[tokio::test]
+async fn an_allowed_post_is_audited_with_its_sizes_and_upstream_status() {
+    let stack = Stack::start().await;
+    stack.backend.set_reply(Reply::Status(201));
+    let token = stack.token("user/Observation.c", false);
+    let body = vec![b'x'; 12_345];
+    let response = stack
+        .client
+        .post(stack.url("/fhir/Observation"))
+        .bearer_auth(&token)
+        .header("x-request-id", "post-1")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let sent = response.bytes().await.unwrap().len() as u64;
+
+    let lines = stack.gateway.wait_for_audit_lines(1).await;
+    let line = record(&lines, "post-1");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["route"], "observation-create");
+    assert_eq!(line["status"], 201);
+    assert_eq!(line["upstream_status"], 201);
+    assert_eq!(line["bytes_in"], 12_345);
+    assert_eq!(line["bytes_out"], sent);
+    assert_eq!(line["patient"], Value::Null, "a user/ token has no patient");
+    assert_eq!(
+        stack
+            .gateway
+            .metric("fhirwall_audit_records_total", &[])
+            .await,
+        Some(1.0)
+    );
+}

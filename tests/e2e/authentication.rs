@@ -124,3 +124,43 @@ async fn a_valid_token_of_each_published_key_is_accepted() {
     }
     assert_eq!(stack.backend.request_count(), 3);
 }
+
+#[tokio::test]
+async fn a_cached_token_is_refused_once_it_expires() {
+    let issuer = TestIssuer::start();
+    // No clock-skew leeway, so the test need not wait it out.
+    let entry = format!(
+        "{{ issuers: [ {{ issuer: {:?}, audiences: [{TEST_AUDIENCE:?}], jwks_min_refresh_interval: 1s, leeway: 0s }} ] }}",
+        issuer.issuer_url()
+    );
+    let stack = Stack::start_with_issuer(issuer, |b| b.config_override(&entry)).await;
+    let mut claims = claims(&stack);
+    let exp = unix_now() + 2;
+    claims["exp"] = json!(exp);
+    let token = stack.issuer.mint(claims, KeyId::Rsa1);
+
+    // Verified once, then served from the cache.
+    assert_eq!(
+        stack.get("/fhir/Patient/123", Some(&token)).await.status(),
+        200
+    );
+    assert_eq!(
+        stack.get("/fhir/Patient/123", Some(&token)).await.status(),
+        200
+    );
+    assert_eq!(
+        stack
+            .gateway
+            .metric("fhirwall_token_cache_hits_total", &[])
+            .await,
+        Some(1.0)
+    );
+
+    while unix_now() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let response = stack.get("/fhir/Patient/123", Some(&token)).await;
+    let refused = refusal(response, 401, "expired").await;
+    assert_challenge(refused.challenge.as_deref(), "invalid_token", None);
+    assert_eq!(stack.backend.request_count(), 2);
+}

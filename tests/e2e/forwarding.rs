@@ -254,3 +254,127 @@ async fn a_wildcard_route_forwards_the_whole_remaining_path() {
     let seen = stack.backend.last_request().unwrap();
     assert_eq!(seen.target, "/fhir/api/reports/2024/summary?format=csv");
 }
+
+#[tokio::test]
+async fn every_incoming_x_forwarded_for_line_is_kept_when_trusted() {
+    let stack =
+        Stack::start_with(|b| b.config_override("{ forwarding: { trust_forwarded_for: true } }"))
+            .await;
+    let token = stack.token("patient/Patient.r", true);
+    let bearer = format!("Bearer {token}");
+    // Two field lines are one comma-separated list (RFC 9110 §5.3); a proxy in front may add
+    // its line after the client's.
+    let answer = raw_get(
+        stack.gateway.addr(),
+        b"/fhir/Patient/123",
+        &[
+            ("Authorization", &bearer),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-For", "198.51.100.7"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    let seen = stack.backend.last_request().unwrap();
+    assert_eq!(
+        seen.header_all("x-forwarded-for").join(", "),
+        "203.0.113.9, 198.51.100.7, 127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn every_incoming_x_forwarded_for_line_is_dropped_when_not_trusted() {
+    let stack = Stack::start().await;
+    let token = stack.token("patient/Patient.r", true);
+    let bearer = format!("Bearer {token}");
+    let answer = raw_get(
+        stack.gateway.addr(),
+        b"/fhir/Patient/123",
+        &[
+            ("Authorization", &bearer),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-For", "198.51.100.7"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    let seen = stack.backend.last_request().unwrap();
+    assert_eq!(seen.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_is_forwarded_in_origin_form() {
+    let stack = Stack::start().await;
+    let token = stack.token("patient/Patient.r", true);
+    let request = format!(
+        "GET http://fhirwall.test/fhir/Patient/123?_format=json HTTP/1.1\r\nHost: fhirwall.test\r\n\
+         Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw_exchange(stack.gateway.addr(), request.as_bytes()).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    let seen = stack.backend.last_request().unwrap();
+    assert_eq!(seen.target, "/fhir/Patient/123?_format=json");
+
+    // An authority that disagrees with `Host` is ambiguous: refused, never forwarded.
+    stack.backend.clear_requests();
+    let request = format!(
+        "GET http://other.example/fhir/Patient/123 HTTP/1.1\r\nHost: fhirwall.test\r\n\
+         Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw_exchange(stack.gateway.addr(), request.as_bytes()).await;
+    assert_eq!(answer.status, 400, "{}", answer.head);
+    stack.assert_backend_untouched();
+}
+
+#[tokio::test]
+async fn large_bodies_pass_unchanged_both_ways() {
+    let stack = Stack::start().await;
+    let token = stack.token("user/Observation.c", false);
+    let upload: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let response = stack
+        .client
+        .post(stack.url("/fhir/Observation"))
+        .bearer_auth(&token)
+        .body(upload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        stack.backend.last_request().unwrap().body,
+        Bytes::from(upload)
+    );
+
+    let download = Bytes::from(
+        (0..3 * 1024 * 1024)
+            .map(|i| (i % 253) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    stack.backend.set_reply(Reply::Custom {
+        status: 200,
+        content_type: "application/octet-stream".to_owned(),
+        body: download.clone(),
+    });
+    let token = stack.token("patient/Patient.r", true);
+    let response = stack.get("/fhir/Patient/123", Some(&token)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), download);
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_reaches_the_backend_unchanged() {
+    let stack = Stack::start().await;
+    let token = stack.token("user/Observation.c", false);
+    let (first, second) = (r#"{"res"#, r#"ourceType":"Observation"}"#);
+    let request = format!(
+        "POST /fhir/Observation HTTP/1.1\r\nHost: fhirwall.test\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/fhir+json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+        first.len(),
+        second.len(),
+    );
+    let answer = raw_exchange(stack.gateway.addr(), request.as_bytes()).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    let seen = stack.backend.last_request().unwrap();
+    assert_eq!(seen.body_text(), r#"{"resourceType":"Observation"}"#);
+}

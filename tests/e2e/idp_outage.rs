@@ -23,8 +23,11 @@ async fn without_loaded_keys_requests_get_503_with_retry_after() {
     assert_eq!(status, 503, "not ready without keys: {body}");
     let keys = body["checks"]
         .as_array()
-        .and_then(|c| c.iter().find(|c| c["name"] == "issuer_keys"))
-        .unwrap_or_else(|| panic!("issuer_keys check in {body}"));
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["name"] == format!("issuer {}", issuer.issuer_url()))
+        })
+        .unwrap_or_else(|| panic!("the issuer's check in {body}"));
     assert_eq!(keys["ok"], false, "{body}");
 
     let token = issuer.mint(issuer.claims_for("patient/Patient.r", PATIENT), KeyId::Rsa1);
@@ -113,5 +116,5 @@ async fn after_keys_are_loaded_an_idp_outage_does_not_stop_valid_tokens() {
         stack.get("/fhir/Patient/123", Some(&fresh)).await.status(),
         200
     );
-    assert_eq!(stack.backend.request_count(), 5);
+    assert_eq!(stack.backend.request_count(), 6);
 }

@@ -23,4 +23,5 @@ mod path_safety;
 mod patient;
 mod public;
 mod scopes;
+mod shutdown;
 mod upstream_failures;

@@ -182,7 +182,8 @@ async fn readyz_reports_every_check_and_healthz_answers() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["ready"], true, "{body}");
     let checks = body["checks"].as_array().expect("checks");
-    for name in ["policy", "issuer_keys", "audit"] {
+    let issuer_check = format!("issuer {}", stack.issuer.issuer_url());
+    for name in ["policy", "audit", issuer_check.as_str()] {
         let check = checks
             .iter()
             .find(|c| c["name"] == name)

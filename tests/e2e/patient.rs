@@ -97,3 +97,26 @@ async fn a_patient_search_without_the_patient_parameter_is_refused() {
         assert_outside_compartment(&stack, path, &token).await;
     }
 }
+
+#[tokio::test]
+async fn a_patient_parameter_hidden_by_encoding_or_separators_is_refused() {
+    let stack = Stack::start().await;
+    let token = stack.token("patient/Observation.rs", true);
+    for query in [
+        // Decodes to a second `patient` for the backend.
+        "patient=123&pati%65nt=456",
+        "pati%65nt=456&patient=123",
+        // Decodes to `patient` for a backend that decodes twice.
+        "patient=123&pati%2565nt=456",
+        // Some servers split parameters on `;` too.
+        "patient=123;patient=456",
+        "patient=123&_count=1;patient=456",
+    ] {
+        assert_outside_compartment(&stack, &format!("/fhir/Observation?{query}"), &token).await;
+    }
+    // Percent-encoding of the value itself is read as the backend reads it.
+    let response = stack
+        .get("/fhir/Observation?patient=Patient%2F123", Some(&token))
+        .await;
+    assert_eq!(response.status(), 200);
+}

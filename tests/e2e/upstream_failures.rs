@@ -95,3 +95,37 @@ async fn a_backend_that_hangs_up_is_answered_with_502() {
     refusal(response, 502, "transient").await;
     assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
 }
+
+#[tokio::test]
+async fn a_post_the_backend_received_is_never_replayed() {
+    let stack = Stack::start().await;
+    // A first request leaves a pooled keep-alive connection to the backend, which the POST
+    // then reuses.
+    let (response, _) = read_patient(&stack).await;
+    assert_eq!(response.status(), 200);
+    stack
+        .backend
+        .set_reply_for_path("/fhir/Observation", Reply::Hangup);
+
+    let token = stack.token("user/Observation.c", false);
+    let response = stack
+        .client
+        .post(stack.url("/fhir/Observation"))
+        .bearer_auth(token)
+        .body(r#"{"resourceType":"Observation"}"#)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("an answer");
+    refusal(response, 502, "transient").await;
+    let posts = stack
+        .backend
+        .requests()
+        .iter()
+        .filter(|r| r.method == http::Method::POST)
+        .count();
+    assert_eq!(
+        posts, 1,
+        "a non-idempotent request the backend received must not be sent again (RFC 9110 §9.2.2)"
+    );
+}
