@@ -108,3 +108,33 @@ async fn a_method_override_header_is_refused_with_400() {
     }
     stack.assert_backend_untouched();
 }
+
+#[tokio::test]
+async fn a_get_route_also_answers_head_under_the_same_rules() {
+    let stack = Stack::start().await;
+    let token = stack.token("patient/Patient.r", true);
+    let response = stack
+        .client
+        .head(stack.url("/fhir/Patient/123"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = stack.backend.last_request().expect("forwarded");
+    assert_eq!(seen.method, http::Method::HEAD);
+    assert_eq!(seen.target, "/fhir/Patient/123");
+
+    // The patient binding applies to HEAD as to GET; the refusal has headers only.
+    let response = stack
+        .client
+        .head(stack.url("/fhir/Patient/456"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(response.headers().contains_key("www-authenticate"));
+    assert!(response.bytes().await.unwrap().is_empty());
+    assert_eq!(stack.backend.request_count(), 1);
+}

@@ -85,3 +85,55 @@ async fn a_flood_of_unknown_kids_causes_at_most_two_jwks_fetches() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_slow_jwks_fetch_neither_hangs_requests_nor_blocks_known_keys() {
+    let issuer = TestIssuer::start();
+    let entry = format!(
+        "{{ issuers: [ {{ issuer: {:?}, audiences: [{TEST_AUDIENCE:?}], jwks_min_refresh_interval: 1s, fetch_timeout: 700ms }} ] }}",
+        issuer.issuer_url()
+    );
+    let stack = Stack::start_with_issuer(issuer, |b| b.config_override(&entry)).await;
+    tokio::time::sleep(PAST_MIN_REFRESH).await;
+    stack.issuer.set_jwks_delay(Some(Duration::from_secs(5)));
+
+    // An unknown kid makes the gateway refetch the JWKS, which now hangs.
+    let unknown = stack
+        .issuer
+        .mint_unpublished(stack.issuer.claims_for("patient/Patient.r", PATIENT));
+    let started = std::time::Instant::now();
+    let slow = tokio::spawn(
+        stack
+            .client
+            .get(stack.url("/fhir/Patient/123"))
+            .bearer_auth(unknown)
+            .timeout(Duration::from_secs(10))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Meanwhile, tokens signed by known keys are verified without waiting for it.
+    let token = stack.token("patient/Patient.r", true);
+    let known_started = std::time::Instant::now();
+    assert_eq!(
+        stack.get("/fhir/Patient/123", Some(&token)).await.status(),
+        200
+    );
+    let known_took = known_started.elapsed();
+    assert!(
+        known_took < Duration::from_millis(500),
+        "a known key waited for the JWKS fetch: {known_took:?}"
+    );
+
+    let status = slow.await.unwrap().expect("an answer").status().as_u16();
+    let took = started.elapsed();
+    assert!(
+        status == 401 || status == 503,
+        "an unknown key is never accepted: {status}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "bounded by fetch_timeout, not the IdP: {took:?}"
+    );
+    stack.issuer.set_jwks_delay(None);
+}
