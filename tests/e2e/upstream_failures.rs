@@ -88,6 +88,25 @@ async fn a_backend_slower_than_the_read_timeout_is_answered_with_504_quickly() {
 }
 
 #[tokio::test]
+async fn a_backend_slower_than_the_total_timeout_is_answered_with_504_at_the_budget() {
+    // A generous read timeout: only the total budget can cut this request short.
+    let stack = Stack::start_with(|b| {
+        b.config_override("{ upstream: { read_timeout: 10s, total_timeout: 500ms } }")
+    })
+    .await;
+    stack
+        .backend
+        .set_reply(Reply::Delay(Duration::from_secs(4)));
+
+    let (response, elapsed) = read_patient(&stack).await;
+    refusal(response, 504, "timeout").await;
+    assert!(
+        elapsed < Duration::from_millis(2000),
+        "the 500 ms budget bounds the wait for the response header: took {elapsed:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_backend_that_hangs_up_is_answered_with_502() {
     let stack = Stack::start().await;
     stack.backend.set_reply(Reply::Hangup);
