@@ -61,10 +61,10 @@ pub enum Command {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => match Config::load(&config) {
-            Ok(config) => {
+        Command::Serve { config } => match Config::load_with_warnings(&config) {
+            Ok((config, warnings)) => {
                 init_logging(&config.log.level, config.log.json);
-                print_warnings(&config.policy.warnings().clone());
+                log_warnings(&warnings);
                 match crate::server::run(config) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -98,9 +98,8 @@ pub fn run() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(config) => {
-            let warnings = config.policy.warnings();
+    match Config::load_with_warnings(path) {
+        Ok((config, warnings)) => {
             print!("{warnings}");
             println!(
                 "{}: ok (policy {} version {}, {} routes, {} warnings)",
@@ -125,7 +124,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn print_warnings(w: &Diagnostics) {
+fn log_warnings(w: &Diagnostics) {
     for d in &w.0 {
         tracing::warn!("{d}");
     }

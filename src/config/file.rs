@@ -1,15 +1,906 @@
-//! Serde mirror of the configuration file. (Stub: implemented by the config work.)
+//! Reads the configuration file into a validated [`Config`], with every problem reported as a
+//! [`Diagnostic`] (file, line, column, key path).
+//!
+//! The file is read with the marked YAML reader of [`super::yaml`] rather than serde (see
+//! there for why): each key is extracted and checked in turn, problems are recorded and the
+//! walk continues, so one run of `fhirwall check` lists everything. The policy named by
+//! `policy:` is loaded too; its diagnostics are returned together with the configuration's.
+//! The format, with every default, is documented in `docs/reference.md`.
 
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::{Config, Diagnostics};
+use jsonwebtoken::Algorithm;
+
+use super::yaml::{self, index, join, MapView, Mark, Node, Reader};
+use super::{
+    AuditConfig, AuditTarget, Config, Diagnostic, Diagnostics, ForwardingConfig, IssuerConfig,
+    LogConfig, TokenCacheConfig, UpstreamConfig,
+};
+use crate::policy::Policy;
+
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "realm",
+    "threads",
+    "policy",
+    "upstream",
+    "issuers",
+    "token_cache",
+    "audit",
+    "forwarding",
+    "log",
+];
+const UPSTREAM_KEYS: &[&str] = &[
+    "url",
+    "connect_timeout",
+    "read_timeout",
+    "write_timeout",
+    "total_timeout",
+    "idle_timeout",
+    "forward_authorization",
+    "verify_tls",
+    "sni",
+];
+const ISSUER_KEYS: &[&str] = &[
+    "issuer",
+    "audiences",
+    "jwks_uri",
+    "algorithms",
+    "leeway",
+    "jwks_refresh_interval",
+    "jwks_min_refresh_interval",
+    "fetch_timeout",
+    "patient_claim",
+];
+const TOKEN_CACHE_KEYS: &[&str] = &["max_entries", "max_ttl"];
+const AUDIT_KEYS: &[&str] = &[
+    "path",
+    "queue_capacity",
+    "flush_interval",
+    "allow_query_params",
+];
+const FORWARDING_KEYS: &[&str] = &["trust_forwarded_for"];
+const LOG_KEYS: &[&str] = &["level", "format"];
+
+/// Algorithms accepted when an issuer lists none: every asymmetric algorithm.
+const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+const DEFAULT_ALLOW_QUERY_PARAMS: [&str; 5] =
+    ["_count", "_sort", "_summary", "_elements", "_format"];
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 pub(super) fn load(path: &Path) -> Result<Config, Diagnostics> {
-    let _ = path;
-    todo!()
+    let (config, warnings) = load_with_warnings(path)?;
+    log_warnings(&warnings);
+    Ok(config)
 }
 
 pub(super) fn load_str(src: &str, path: &Path) -> Result<Config, Diagnostics> {
-    let _ = (src, path);
-    todo!()
+    let (config, warnings) = load_str_with_warnings(src, path)?;
+    log_warnings(&warnings);
+    Ok(config)
 }
+
+/// [`load`], returning the warnings (configuration and policy lint) instead of logging them.
+pub(super) fn load_with_warnings(path: &Path) -> Result<(Config, Diagnostics), Diagnostics> {
+    match std::fs::read_to_string(path) {
+        Ok(src) => load_str_with_warnings(&src, path),
+        Err(e) => {
+            let mut d = Diagnostics::default();
+            d.push(Diagnostic::error(
+                path,
+                0,
+                0,
+                "",
+                format!("cannot read the configuration file: {e}"),
+            ));
+            Err(d)
+        }
+    }
+}
+
+/// [`load_str`], returning the warnings instead of logging them.
+pub(super) fn load_str_with_warnings(
+    src: &str,
+    path: &Path,
+) -> Result<(Config, Diagnostics), Diagnostics> {
+    let root = yaml::parse(src, path)?;
+    let base_dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut r = Reader::new(path);
+    let parts = read(&mut r, &root, &base_dir);
+    r.diags.0.sort_by_key(|d| (d.line, d.col));
+
+    // The policy's own diagnostics follow the configuration's.
+    let mut all = r.diags;
+    let policy = parts.as_ref().and_then(|p| p.policy.as_ref());
+    let loaded = policy
+        .and_then(|(policy_path, mark, key)| load_policy(policy_path, *mark, key, path, &mut all));
+    if all.has_errors() {
+        return Err(all);
+    }
+    let (Some(parts), Some(policy)) = (parts, loaded) else {
+        // Unreachable: every `None` above came with an error.
+        return Err(all);
+    };
+    let warnings = Diagnostics(
+        all.0
+            .into_iter()
+            .chain(policy.warnings().0.iter().cloned())
+            .collect(),
+    );
+    Ok((parts.into_config(path, policy), warnings))
+}
+
+fn log_warnings(warnings: &Diagnostics) {
+    for w in &warnings.0 {
+        tracing::warn!(file = %w.file.display(), line = w.line, col = w.col, key = %w.key, "{}", w.message);
+    }
+}
+
+/// Reads the policy file named at `mark`; an unreadable file is an error there.
+fn load_policy(
+    policy_path: &Path,
+    mark: Mark,
+    key: &str,
+    config_path: &Path,
+    diags: &mut Diagnostics,
+) -> Option<Arc<Policy>> {
+    let src = match std::fs::read_to_string(policy_path) {
+        Ok(src) => src,
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                config_path,
+                mark.line,
+                mark.col,
+                key,
+                format!(
+                    "cannot read the policy file `{}`: {e}",
+                    policy_path.display()
+                ),
+            ));
+            return None;
+        }
+    };
+    match Policy::parse(&src, policy_path) {
+        Ok(p) => Some(Arc::new(p)),
+        Err(d) => {
+            diags.extend(d);
+            None
+        }
+    }
+}
+
+/// Everything but the policy, validated.
+struct Parts {
+    listen: Vec<SocketAddr>,
+    admin_listen: SocketAddr,
+    realm: String,
+    threads: usize,
+    /// Resolved path, where it is written, and its key.
+    policy: Option<(PathBuf, Mark, String)>,
+    upstream: UpstreamConfig,
+    issuers: Vec<IssuerConfig>,
+    token_cache: TokenCacheConfig,
+    audit: AuditConfig,
+    forwarding: ForwardingConfig,
+    log: LogConfig,
+}
+
+impl Parts {
+    fn into_config(self, source: &Path, policy: Arc<Policy>) -> Config {
+        let Parts {
+            listen,
+            admin_listen,
+            realm,
+            threads,
+            policy: policy_path,
+            upstream,
+            issuers,
+            token_cache,
+            audit,
+            forwarding,
+            log,
+        } = self;
+        Config {
+            source: source.to_path_buf(),
+            listen,
+            admin_listen,
+            realm,
+            threads,
+            upstream,
+            issuers,
+            token_cache,
+            audit,
+            forwarding,
+            log,
+            policy_path: policy_path.map(|(p, _, _)| p).unwrap_or_default(),
+            policy,
+        }
+    }
+}
+
+/// Reads the whole file. Returns `None` when a part is missing (an error was recorded); the
+/// `policy` entry is `None` when the key itself is bad.
+fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
+    let top = r.map(root, "", TOP_KEYS)?;
+
+    let listen = r.required(&top, "", "listen").and_then(|n| listen(r, n));
+    let admin_listen = r
+        .required(&top, "", "admin_listen")
+        .and_then(|n| socket_addr(r, n, "admin_listen"));
+    if let (Some(l), Some(a), Some(n)) = (&listen, admin_listen, top.get("admin_listen")) {
+        if l.contains(&a) {
+            r.error(
+                n.mark,
+                "admin_listen",
+                format!("`{a}` is also a proxy `listen` address"),
+            );
+        }
+    }
+
+    let realm = match top.get("realm") {
+        None => Some("fhirwall".to_owned()),
+        Some(n) => realm(r, n),
+    };
+
+    let threads = match top.get("threads") {
+        None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Some(n) => r.u64(n, "threads").and_then(|t| {
+            if (1..=1024).contains(&t) {
+                Some(t as usize)
+            } else {
+                r.error(n.mark, "threads", "`threads` must be between 1 and 1024");
+                None
+            }
+        }),
+    };
+
+    let policy = r.required(&top, "", "policy").and_then(|n| {
+        let s = r.string(n, "policy")?;
+        if s.is_empty() {
+            r.error(n.mark, "policy", "the policy path is empty");
+            return None;
+        }
+        Some((base_dir.join(s), n.mark, "policy".to_owned()))
+    });
+
+    let upstream = r
+        .required(&top, "", "upstream")
+        .and_then(|n| upstream(r, n));
+    let issuers = r.required(&top, "", "issuers").and_then(|n| issuers(r, n));
+
+    let token_cache = section(r, &top, "token_cache", TOKEN_CACHE_KEYS, |r, m| {
+        let max_entries = opt(r, m, "token_cache", "max_entries", 100_000, |r, n, k| {
+            positive(r, n, k, r_u64)
+        });
+        let max_ttl = opt(
+            r,
+            m,
+            "token_cache",
+            "max_ttl",
+            Duration::from_secs(300),
+            |r, n, k| positive(r, n, k, r_duration),
+        );
+        Some(TokenCacheConfig {
+            max_entries: max_entries?,
+            max_ttl: max_ttl?,
+        })
+    });
+
+    let audit = section(r, &top, "audit", AUDIT_KEYS, |r, m| {
+        let target = opt(r, m, "audit", "path", AuditTarget::Stdout, |r, n, k| {
+            let s = r.string(n, k)?;
+            match s {
+                "" => {
+                    r.error(
+                        n.mark,
+                        k,
+                        "the audit path is empty (use `stdout` or a file path)",
+                    );
+                    None
+                }
+                "stdout" => Some(AuditTarget::Stdout),
+                file => Some(AuditTarget::File(base_dir.join(file))),
+            }
+        });
+        let queue_capacity = opt(r, m, "audit", "queue_capacity", 65_536, |r, n, k| {
+            positive(r, n, k, r_u64).map(|v| v as usize)
+        });
+        let flush_interval = opt(
+            r,
+            m,
+            "audit",
+            "flush_interval",
+            Duration::from_millis(100),
+            |r, n, k| positive(r, n, k, r_duration),
+        );
+        let default_params = || DEFAULT_ALLOW_QUERY_PARAMS.map(str::to_owned).to_vec();
+        let allow_query_params = opt(
+            r,
+            m,
+            "audit",
+            "allow_query_params",
+            default_params(),
+            |r, n, k| {
+                let items = r.strings(n, k)?;
+                Some(items.into_iter().map(|(s, _)| s.to_owned()).collect())
+            },
+        );
+        Some(AuditConfig {
+            target: target?,
+            queue_capacity: queue_capacity?,
+            flush_interval: flush_interval?,
+            allow_query_params: allow_query_params?,
+        })
+    });
+
+    let forwarding = section(r, &top, "forwarding", FORWARDING_KEYS, |r, m| {
+        let trust = opt(
+            r,
+            m,
+            "forwarding",
+            "trust_forwarded_for",
+            false,
+            |r, n, k| r.bool(n, k),
+        );
+        Some(ForwardingConfig {
+            trust_forwarded_for: trust?,
+        })
+    });
+
+    let log = section(r, &top, "log", LOG_KEYS, |r, m| {
+        let level = opt(r, m, "log", "level", "info".to_owned(), |r, n, k| {
+            let s = r.string(n, k)?;
+            match tracing_subscriber::EnvFilter::try_new(s) {
+                Ok(_) if !s.is_empty() => Some(s.to_owned()),
+                Ok(_) => {
+                    r.error(n.mark, k, "the log level is empty");
+                    None
+                }
+                Err(e) => {
+                    r.error(n.mark, k, format!("invalid log filter `{s}`: {e}"));
+                    None
+                }
+            }
+        });
+        let json = opt(r, m, "log", "format", false, |r, n, k| {
+            match r.string(n, k)? {
+                "text" => Some(false),
+                "json" => Some(true),
+                other => {
+                    r.error(
+                        n.mark,
+                        k,
+                        format!("unknown log format `{other}`; expected `text` or `json`"),
+                    );
+                    None
+                }
+            }
+        });
+        Some(LogConfig {
+            level: level?,
+            json: json?,
+        })
+    });
+
+    Some(Parts {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        realm: realm?,
+        threads: threads?,
+        policy,
+        upstream: upstream?,
+        issuers: issuers?,
+        token_cache: token_cache?,
+        audit: audit?,
+        forwarding: forwarding?,
+        log: log?,
+    })
+}
+
+/// An optional section: its defaults when absent.
+fn section<T>(
+    r: &mut Reader<'_>,
+    top: &MapView<'_>,
+    key: &str,
+    allowed: &[&str],
+    f: impl FnOnce(&mut Reader<'_>, &MapView<'_>) -> Option<T>,
+) -> Option<T> {
+    static EMPTY: Node = Node {
+        kind: yaml::Kind::Map(Vec::new()),
+        mark: Mark { line: 0, col: 0 },
+    };
+    let node = top.get(key).unwrap_or(&EMPTY);
+    let m = r.map(node, key, allowed)?;
+    f(r, &m)
+}
+
+/// An optional key of section `section`: `default` when absent, else `read`.
+fn opt<T>(
+    r: &mut Reader<'_>,
+    m: &MapView<'_>,
+    section: &str,
+    key: &str,
+    default: T,
+    read: impl FnOnce(&mut Reader<'_>, &Node, &str) -> Option<T>,
+) -> Option<T> {
+    match m.get(key) {
+        None => Some(default),
+        Some(n) => read(r, n, &join(section, key)),
+    }
+}
+
+fn r_u64(r: &mut Reader<'_>, n: &Node, k: &str) -> Option<u64> {
+    r.u64(n, k)
+}
+
+fn r_duration(r: &mut Reader<'_>, n: &Node, k: &str) -> Option<Duration> {
+    r.duration(n, k)
+}
+
+/// A value that must not be zero.
+fn positive<T: Default + PartialEq>(
+    r: &mut Reader<'_>,
+    n: &Node,
+    k: &str,
+    read: fn(&mut Reader<'_>, &Node, &str) -> Option<T>,
+) -> Option<T> {
+    let v = read(r, n, k)?;
+    if v == T::default() {
+        r.error(
+            n.mark,
+            k,
+            format!("`{}` must be greater than zero", last_key(k)),
+        );
+        return None;
+    }
+    Some(v)
+}
+
+fn last_key(k: &str) -> &str {
+    k.rsplit('.').next().unwrap_or(k)
+}
+
+fn listen(r: &mut Reader<'_>, n: &Node) -> Option<Vec<SocketAddr>> {
+    let items: Vec<(Option<SocketAddr>, &Node)> = match &n.kind {
+        yaml::Kind::Seq(items) => {
+            if items.is_empty() {
+                r.error(n.mark, "listen", "list at least one address");
+                return None;
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (socket_addr(r, item, &index("listen", i)), item))
+                .collect()
+        }
+        _ => vec![(socket_addr(r, n, "listen"), n)],
+    };
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, (addr, node)) in items.iter().enumerate() {
+        match addr {
+            Some(a) if out.contains(a) => {
+                r.error(
+                    node.mark,
+                    &index("listen", i),
+                    format!("`{a}` is listed twice"),
+                );
+                ok = false;
+            }
+            Some(a) => out.push(*a),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn socket_addr(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<SocketAddr> {
+    let s = r.string(n, key)?;
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            r.error(
+                n.mark,
+                key,
+                format!("invalid socket address `{s}`; expected an IP address and port, e.g. `127.0.0.1:8080` or `[::1]:8080`"),
+            );
+            None
+        }
+    }
+}
+
+fn realm(r: &mut Reader<'_>, n: &Node) -> Option<String> {
+    let s = r.string(n, "realm")?;
+    // It is sent inside a quoted-string of `WWW-Authenticate` (RFC 9110 §11.2).
+    if s.is_empty()
+        || s.chars()
+            .any(|c| c == '"' || c == '\\' || !(' '..='~').contains(&c))
+    {
+        r.error(
+            n.mark,
+            "realm",
+            "the realm must be non-empty printable ASCII without `\"` or `\\`",
+        );
+        return None;
+    }
+    Some(s.to_owned())
+}
+
+fn upstream(r: &mut Reader<'_>, n: &Node) -> Option<UpstreamConfig> {
+    const K: &str = "upstream";
+    let m = r.map(n, K, UPSTREAM_KEYS)?;
+    let url = r
+        .required(&m, K, "url")
+        .and_then(|n| upstream_url(r, n, "upstream.url"));
+    let dur = |r: &mut Reader<'_>, key: &str, default: u64| {
+        opt(r, &m, K, key, Duration::from_secs(default), |r, n, k| {
+            positive(r, n, k, r_duration)
+        })
+    };
+    let connect_timeout = dur(r, "connect_timeout", 2);
+    let read_timeout = dur(r, "read_timeout", 30);
+    let write_timeout = dur(r, "write_timeout", 30);
+    let total_timeout = dur(r, "total_timeout", 60);
+    let idle_timeout = dur(r, "idle_timeout", 60);
+    let forward_authorization = opt(r, &m, K, "forward_authorization", false, |r, n, k| {
+        r.bool(n, k)
+    });
+    let verify_tls = opt(r, &m, K, "verify_tls", true, |r, n, k| r.bool(n, k));
+    if let (Some(false), Some(n)) = (verify_tls, m.get("verify_tls")) {
+        r.warning(
+            n.mark,
+            "upstream.verify_tls",
+            "certificate verification of the upstream is disabled",
+        );
+    }
+    let sni = match m.get("sni") {
+        None => None,
+        Some(n) => r.string(n, "upstream.sni").and_then(|s| {
+            if s.is_empty() {
+                r.error(n.mark, "upstream.sni", "the SNI name is empty");
+                None
+            } else {
+                Some(Some(s.to_owned()))
+            }
+        }),
+    }
+    .or(Some(None));
+    let (tls, host, port) = url?;
+    let sni = sni?.unwrap_or_else(|| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    });
+    Some(UpstreamConfig {
+        tls,
+        host,
+        port,
+        connect_timeout: connect_timeout?,
+        read_timeout: read_timeout?,
+        write_timeout: write_timeout?,
+        total_timeout: total_timeout?,
+        idle_timeout: idle_timeout?,
+        forward_authorization: forward_authorization?,
+        verify_tls: verify_tls?,
+        sni,
+    })
+}
+
+/// `http(s)://host[:port][/]`: the request path is forwarded unchanged, so the upstream URL
+/// cannot carry one (a FHIR base path belongs in the policy's `base_path`).
+fn upstream_url(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<(bool, String, u16)> {
+    let s = r.string(n, key)?;
+    match parse_http_url(s) {
+        Ok(u) if u.rest.is_empty() || u.rest == "/" => Some((u.tls, u.host.to_owned(), u.port)),
+        Ok(_) => {
+            r.error(
+                n.mark,
+                key,
+                format!("the upstream URL `{s}` has a path, query or fragment; give only `scheme://host[:port]` (requests are forwarded with their own path; put a FHIR base path in the policy's `base_path`)"),
+            );
+            None
+        }
+        Err(why) => {
+            r.error(n.mark, key, format!("invalid URL `{s}`: {why}"));
+            None
+        }
+    }
+}
+
+/// The parts of an `http`/`https` URL fhirwall needs.
+struct HttpUrl<'a> {
+    tls: bool,
+    /// As written (IPv6 in brackets).
+    host: &'a str,
+    port: u16,
+    /// Path, query and fragment.
+    rest: &'a str,
+}
+
+fn parse_http_url(s: &str) -> Result<HttpUrl<'_>, &'static str> {
+    let (tls, after) = if let Some(a) = s.strip_prefix("https://") {
+        (true, a)
+    } else if let Some(a) = s.strip_prefix("http://") {
+        (false, a)
+    } else {
+        return Err("expected an `http://` or `https://` URL");
+    };
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    if authority.contains('@') {
+        return Err("credentials in the URL are not supported");
+    }
+    let (host, port) = if authority.starts_with('[') {
+        let close = authority.find(']').ok_or("unterminated IPv6 address")?;
+        let (h, p) = authority.split_at(close + 1);
+        if h[1..close].parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("invalid IPv6 address");
+        }
+        (h, p)
+    } else {
+        match authority.rfind(':') {
+            Some(i) => (&authority[..i], &authority[i..]),
+            None => (authority, ""),
+        }
+    };
+    if host.is_empty() {
+        return Err("the host is missing");
+    }
+    if !host.starts_with('[')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err("the host has characters a host name cannot have");
+    }
+    let port = match port {
+        "" => {
+            if tls {
+                443
+            } else {
+                80
+            }
+        }
+        p => match p.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()) {
+            Some(p) if p != 0 => p,
+            _ => return Err("invalid port"),
+        },
+    };
+    Ok(HttpUrl {
+        tls,
+        host,
+        port,
+        rest,
+    })
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An `http(s)` URL used to fetch keys or metadata; a plain `http` one off this machine is a
+/// warning (keys fetched in clear text can be replaced on the way).
+fn fetch_url(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<String> {
+    let s = r.string(n, key)?;
+    match parse_http_url(s) {
+        Ok(u) => {
+            if !u.tls && !is_loopback(u.host) {
+                r.warning(
+                    n.mark,
+                    key,
+                    format!("`{s}` uses plain http to another host; keys and metadata fetched from it can be tampered with"),
+                );
+            }
+            Some(s.to_owned())
+        }
+        Err(why) => {
+            r.error(n.mark, key, format!("invalid URL `{s}`: {why}"));
+            None
+        }
+    }
+}
+
+fn issuers(r: &mut Reader<'_>, n: &Node) -> Option<Vec<IssuerConfig>> {
+    let items = r.seq(n, "issuers")?;
+    if items.is_empty() {
+        r.error(n.mark, "issuers", "list at least one trusted issuer");
+        return None;
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let key = index("issuers", i);
+        match issuer(r, item, &key) {
+            Some((iss, mark)) => {
+                if out.iter().any(|o: &IssuerConfig| o.issuer == iss.issuer) {
+                    r.error(
+                        mark,
+                        &join(&key, "issuer"),
+                        format!("issuer `{}` is listed twice", iss.issuer),
+                    );
+                    ok = false;
+                }
+                out.push(iss);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn issuer(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<(IssuerConfig, Mark)> {
+    let m = r.map(n, key, ISSUER_KEYS)?;
+    let iss_node = r.required(&m, key, "issuer");
+    let issuer = iss_node.and_then(|n| fetch_url(r, n, &join(key, "issuer")));
+    let audiences = r.required(&m, key, "audiences").and_then(|n| {
+        let k = join(key, "audiences");
+        let items = r.strings(n, &k)?;
+        if items.is_empty() {
+            r.error(n.mark, &k, "list at least one accepted audience");
+            return None;
+        }
+        let mut ok = true;
+        for (i, (s, item)) in items.iter().enumerate() {
+            if s.is_empty() {
+                r.error(item.mark, &index(&k, i), "an audience cannot be empty");
+                ok = false;
+            }
+        }
+        ok.then(|| items.into_iter().map(|(s, _)| s.to_owned()).collect())
+    });
+    let jwks_uri = match m.get("jwks_uri") {
+        None => Some(None),
+        Some(n) => fetch_url(r, n, &join(key, "jwks_uri")).map(Some),
+    };
+    let algorithms = opt(
+        r,
+        &m,
+        key,
+        "algorithms",
+        DEFAULT_ALGORITHMS.to_vec(),
+        algorithms,
+    );
+    let leeway = opt(r, &m, key, "leeway", Duration::from_secs(30), |r, n, k| {
+        let d = r.duration(n, k)?;
+        if d > MAX_LEEWAY {
+            r.error(n.mark, k, "`leeway` must be at most 5m");
+            return None;
+        }
+        Some(d)
+    });
+    let refresh = opt(
+        r,
+        &m,
+        key,
+        "jwks_refresh_interval",
+        Duration::from_secs(300),
+        |r, n, k| positive(r, n, k, r_duration),
+    );
+    let min_refresh = opt(
+        r,
+        &m,
+        key,
+        "jwks_min_refresh_interval",
+        Duration::from_secs(30),
+        |r, n, k| positive(r, n, k, r_duration),
+    );
+    if let (Some(a), Some(b), Some(n)) = (refresh, min_refresh, m.get("jwks_min_refresh_interval"))
+    {
+        if b > a {
+            r.error(
+                n.mark,
+                &join(key, "jwks_min_refresh_interval"),
+                "`jwks_min_refresh_interval` cannot be longer than `jwks_refresh_interval`",
+            );
+        }
+    }
+    let fetch_timeout = opt(
+        r,
+        &m,
+        key,
+        "fetch_timeout",
+        Duration::from_secs(5),
+        |r, n, k| positive(r, n, k, r_duration),
+    );
+    let patient_claim = opt(
+        r,
+        &m,
+        key,
+        "patient_claim",
+        "patient".to_owned(),
+        |r, n, k| {
+            let s = r.string(n, k)?;
+            if s.is_empty() {
+                r.error(n.mark, k, "the patient claim name is empty");
+                return None;
+            }
+            Some(s.to_owned())
+        },
+    );
+    let mark = iss_node.map_or(m.mark, |n| n.mark);
+    Some((
+        IssuerConfig {
+            issuer: issuer?,
+            audiences: audiences?,
+            jwks_uri: jwks_uri?,
+            algorithms: algorithms?,
+            leeway: leeway?,
+            jwks_refresh_interval: refresh?,
+            jwks_min_refresh_interval: min_refresh?,
+            fetch_timeout: fetch_timeout?,
+            patient_claim: patient_claim?,
+        },
+        mark,
+    ))
+}
+
+fn algorithms(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<Vec<Algorithm>> {
+    let items = r.strings(n, key)?;
+    if items.is_empty() {
+        r.error(n.mark, key, "list at least one algorithm");
+        return None;
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, (s, item)) in items.iter().enumerate() {
+        let k = index(key, i);
+        let alg = match *s {
+            "RS256" => Some(Algorithm::RS256),
+            "RS384" => Some(Algorithm::RS384),
+            "RS512" => Some(Algorithm::RS512),
+            "PS256" => Some(Algorithm::PS256),
+            "PS384" => Some(Algorithm::PS384),
+            "PS512" => Some(Algorithm::PS512),
+            "ES256" => Some(Algorithm::ES256),
+            "ES384" => Some(Algorithm::ES384),
+            "EdDSA" => Some(Algorithm::EdDSA),
+            "HS256" | "HS384" | "HS512" => {
+                // A shared secret would let anyone who can verify tokens also mint them.
+                r.error(item.mark, &k, format!("`{s}` is a shared-secret algorithm and is not accepted; use an asymmetric one (RS*, PS*, ES*, EdDSA)"));
+                None
+            }
+            "none" | "None" | "NONE" => {
+                r.error(item.mark, &k, "unsigned tokens (`none`) are never accepted");
+                None
+            }
+            other => {
+                r.error(
+                    item.mark,
+                    &k,
+                    format!("unknown algorithm `{other}`; expected one of: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"),
+                );
+                None
+            }
+        };
+        match alg {
+            Some(a) if out.contains(&a) => {
+                r.error(item.mark, &k, format!("`{s}` is listed twice"));
+                ok = false;
+            }
+            Some(a) => out.push(a),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+#[cfg(test)]
+mod tests;

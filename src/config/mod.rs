@@ -7,6 +7,7 @@
 
 mod diagnostic;
 mod file;
+pub(crate) mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 
@@ -161,5 +162,19 @@ impl Config {
     /// relative paths.
     pub fn from_str_at(src: &str, path: &Path) -> Result<Config, Diagnostics> {
         file::load_str(src, path)
+    }
+
+    /// Like [`Config::load`], but returns the warnings (configuration and policy lint)
+    /// alongside the configuration instead of logging them; for `fhirwall check`.
+    pub fn load_with_warnings(path: &Path) -> Result<(Config, Diagnostics), Diagnostics> {
+        file::load_with_warnings(path)
+    }
+
+    /// Like [`Config::from_str_at`], returning the warnings instead of logging them.
+    pub fn from_str_at_with_warnings(
+        src: &str,
+        path: &Path,
+    ) -> Result<(Config, Diagnostics), Diagnostics> {
+        file::load_str_with_warnings(src, path)
     }
 }

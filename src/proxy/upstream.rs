@@ -49,7 +49,9 @@ pub enum UpstreamError {
 impl Upstream {
     /// Resolves the upstream address and prepares the peer template (timeouts, TLS, pool).
     pub fn new(cfg: &UpstreamConfig, fwd: &ForwardingConfig) -> Result<Self, UpstreamError> {
-        let addr: SocketAddr = (cfg.host.as_str(), cfg.port)
+        // The configured host keeps IPv6 brackets (`[::1]`), which the resolver does not take.
+        let host = cfg.host.trim_start_matches('[').trim_end_matches(']');
+        let addr: SocketAddr = (host, cfg.port)
             .to_socket_addrs()
             .and_then(|mut it| {
                 it.next()

@@ -1,0 +1,420 @@
+//! Configuration loader tests: the shipped examples, defaults, and exact diagnostics.
+
+use std::fs;
+
+use super::*;
+use crate::config::Severity;
+
+/// The repository root (for the shipped examples).
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A config file in a fresh temp dir, next to a copy of the shipped FHIR policy at
+/// `policy.yaml`.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        fs::copy(
+            repo("policies/fhir-r4.yaml"),
+            dir.path().join("policy.yaml"),
+        )
+        .unwrap();
+        Fixture { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("fhirwall.yaml")
+    }
+
+    fn load(&self, src: &str) -> Result<(Config, Diagnostics), Diagnostics> {
+        fs::write(self.path(), src).unwrap();
+        load_with_warnings(&self.path())
+    }
+
+    fn errors(&self, src: &str) -> Vec<String> {
+        let d = self.load(src).map(|_| ()).expect_err("should not load");
+        d.0.iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| {
+                let file = d.file.file_name().unwrap().to_string_lossy();
+                format!("{file}:{}:{} {} | {}", d.line, d.col, d.key, d.message)
+            })
+            .collect()
+    }
+}
+
+const MINIMAL: &str = "\
+listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+policy: policy.yaml
+upstream:
+  url: http://127.0.0.1:8081
+issuers:
+  - issuer: https://idp.example.org
+    audiences: [fhir]
+";
+
+#[test]
+fn the_shipped_example_config_loads_with_its_policy() {
+    let (c, warnings) =
+        load_with_warnings(&repo("deploy/fhirwall.example.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(c.listen, ["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(c.threads, 2);
+    assert_eq!(c.policy_path, repo("deploy/../policies/fhir-r4.yaml"));
+    assert_eq!(
+        c.issuers[0].algorithms,
+        [Algorithm::RS256, Algorithm::ES256]
+    );
+    assert!(c
+        .policy
+        .route_ids()
+        .iter()
+        .any(|id| &**id == "patient-read"));
+    // Only the policy's lint: reads and creates that a patient/ token is not confined on.
+    assert!(warnings.0.iter().all(|w| w.severity == Severity::Warning));
+    assert!(
+        warnings.0.iter().all(|w| w.file.ends_with("fhir-r4.yaml")),
+        "{warnings}"
+    );
+}
+
+#[test]
+fn the_shipped_policies_load_without_errors() {
+    for p in ["policies/fhir-r4.yaml", "policies/legacy-api.yaml"] {
+        let policy = Policy::load(&repo(p)).unwrap_or_else(|d| panic!("{d}"));
+        assert!(!policy.route_ids().is_empty());
+    }
+    let legacy = Policy::load(&repo("policies/legacy-api.yaml")).unwrap();
+    assert!(legacy.warnings().0.is_empty(), "{}", legacy.warnings());
+}
+
+#[test]
+fn defaults_fill_every_optional_key() {
+    let f = Fixture::new();
+    let (c, _) = f.load(MINIMAL).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(c.realm, "fhirwall");
+    assert!(c.threads >= 1);
+    assert_eq!(c.source, f.path());
+    assert_eq!(c.policy_path, f.dir.path().join("policy.yaml"));
+    assert_eq!(
+        c.upstream,
+        UpstreamConfig {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: 8081,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            total_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            forward_authorization: false,
+            verify_tls: true,
+            sni: "127.0.0.1".into(),
+        }
+    );
+    assert_eq!(
+        c.issuers,
+        [IssuerConfig {
+            issuer: "https://idp.example.org".into(),
+            audiences: vec!["fhir".into()],
+            jwks_uri: None,
+            algorithms: DEFAULT_ALGORITHMS.to_vec(),
+            leeway: Duration::from_secs(30),
+            jwks_refresh_interval: Duration::from_secs(300),
+            jwks_min_refresh_interval: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(5),
+            patient_claim: "patient".into(),
+        }]
+    );
+    assert_eq!(
+        c.token_cache,
+        TokenCacheConfig {
+            max_entries: 100_000,
+            max_ttl: Duration::from_secs(300)
+        }
+    );
+    assert_eq!(
+        c.audit,
+        AuditConfig {
+            target: AuditTarget::Stdout,
+            queue_capacity: 65_536,
+            flush_interval: Duration::from_millis(100),
+            allow_query_params: ["_count", "_sort", "_summary", "_elements", "_format"]
+                .map(String::from)
+                .to_vec(),
+        }
+    );
+    assert_eq!(
+        c.forwarding,
+        ForwardingConfig {
+            trust_forwarded_for: false
+        }
+    );
+    assert_eq!(
+        c.log,
+        LogConfig {
+            level: "info".into(),
+            json: false
+        }
+    );
+}
+
+#[test]
+fn explicit_values_are_read() {
+    let f = Fixture::new();
+    let src = "\
+listen: ['127.0.0.1:8080', '[::1]:8080']
+admin_listen: 127.0.0.1:9090
+realm: my-fhir
+threads: 4
+policy: policy.yaml
+upstream:
+  url: https://[::1]:8443/
+  connect_timeout: 250ms
+  total_timeout: 2m
+  forward_authorization: true
+  sni: fhir.internal
+issuers:
+  - issuer: http://localhost:8000
+    audiences: [a, b]
+    jwks_uri: http://127.0.0.1:8000/jwks
+    algorithms: [EdDSA, PS256]
+    leeway: 5m
+    patient_claim: patient_id
+token_cache: { max_entries: 10, max_ttl: 1h }
+audit: { path: audit/records.jsonl, queue_capacity: 8, flush_interval: 1s, allow_query_params: [] }
+forwarding: { trust_forwarded_for: true }
+log: { level: 'fhirwall=debug,info', format: json }
+";
+    let (c, warnings) = f.load(src).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(c.listen.len(), 2);
+    assert_eq!(c.realm, "my-fhir");
+    assert_eq!(c.threads, 4);
+    assert!(c.upstream.tls);
+    assert_eq!((c.upstream.host.as_str(), c.upstream.port), ("[::1]", 8443));
+    assert_eq!(c.upstream.connect_timeout, Duration::from_millis(250));
+    assert_eq!(c.upstream.total_timeout, Duration::from_secs(120));
+    assert_eq!(c.upstream.sni, "fhir.internal");
+    assert!(c.upstream.forward_authorization);
+    assert_eq!(
+        c.issuers[0].algorithms,
+        [Algorithm::EdDSA, Algorithm::PS256]
+    );
+    assert_eq!(c.issuers[0].leeway, Duration::from_secs(300));
+    assert_eq!(c.issuers[0].patient_claim, "patient_id");
+    assert_eq!(c.token_cache.max_ttl, Duration::from_secs(3600));
+    assert_eq!(
+        c.audit.target,
+        AuditTarget::File(f.dir.path().join("audit/records.jsonl"))
+    );
+    assert!(c.audit.allow_query_params.is_empty());
+    assert!(c.forwarding.trust_forwarded_for);
+    assert!(c.log.json);
+    // Loopback http issuers are fine; no configuration warnings.
+    assert!(warnings.0.iter().all(|w| w.file.ends_with("policy.yaml")));
+}
+
+#[test]
+fn the_default_sni_of_an_ipv6_upstream_has_no_brackets() {
+    let f = Fixture::new();
+    let src = MINIMAL.replace("http://127.0.0.1:8081", "https://[::1]");
+    let (c, _) = f.load(&src).unwrap();
+    assert_eq!((c.upstream.host.as_str(), c.upstream.port), ("[::1]", 443));
+    assert_eq!(c.upstream.sni, "::1");
+}
+
+#[test]
+fn every_configuration_error_is_reported_with_position_and_key() {
+    let f = Fixture::new();
+    let src = "\
+listen: 127.0.0.1
+admin_listen: 127.0.0.1:9090
+realm: 'a\"b'
+policy: policy.yaml
+upstream:
+  url: http://127.0.0.1:8081/fhir
+  read_timeout: 30
+  verfy_tls: false
+issuers:
+  - issuer: idp.example.org
+    audiences: []
+    algorithms: [RS256, HS256, none, XX1]
+    leeway: 10m
+token_cache: { max_entries: 0 }
+log: { format: yaml }
+";
+    assert_eq!(
+        f.errors(src),
+        [
+            "fhirwall.yaml:1:9 listen | invalid socket address `127.0.0.1`; expected an IP address and port, e.g. `127.0.0.1:8080` or `[::1]:8080`",
+            "fhirwall.yaml:3:8 realm | the realm must be non-empty printable ASCII without `\"` or `\\`",
+            "fhirwall.yaml:6:8 upstream.url | the upstream URL `http://127.0.0.1:8081/fhir` has a path, query or fragment; give only `scheme://host[:port]` (requests are forwarded with their own path; put a FHIR base path in the policy's `base_path`)",
+            "fhirwall.yaml:7:17 upstream.read_timeout | expected a duration with a unit (`ms`, `s`, `m`, `h`), e.g. `30s`, found `30`",
+            "fhirwall.yaml:8:3 upstream.verfy_tls | unknown key `verfy_tls`; did you mean `verify_tls`?",
+            "fhirwall.yaml:10:13 issuers[0].issuer | invalid URL `idp.example.org`: expected an `http://` or `https://` URL",
+            "fhirwall.yaml:11:16 issuers[0].audiences | list at least one accepted audience",
+            "fhirwall.yaml:12:25 issuers[0].algorithms[1] | `HS256` is a shared-secret algorithm and is not accepted; use an asymmetric one (RS*, PS*, ES*, EdDSA)",
+            "fhirwall.yaml:12:32 issuers[0].algorithms[2] | unsigned tokens (`none`) are never accepted",
+            "fhirwall.yaml:12:38 issuers[0].algorithms[3] | unknown algorithm `XX1`; expected one of: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",
+            "fhirwall.yaml:13:13 issuers[0].leeway | `leeway` must be at most 5m",
+            "fhirwall.yaml:14:29 token_cache.max_entries | `max_entries` must be greater than zero",
+            "fhirwall.yaml:15:16 log.format | unknown log format `yaml`; expected `text` or `json`",
+        ]
+    );
+}
+
+#[test]
+fn missing_required_keys_are_each_reported() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.errors("realm: x\n"),
+        [
+            "fhirwall.yaml:1:1 listen | missing required key `listen`",
+            "fhirwall.yaml:1:1 admin_listen | missing required key `admin_listen`",
+            "fhirwall.yaml:1:1 policy | missing required key `policy`",
+            "fhirwall.yaml:1:1 upstream | missing required key `upstream`",
+            "fhirwall.yaml:1:1 issuers | missing required key `issuers`",
+        ]
+    );
+}
+
+#[test]
+fn an_unreadable_policy_is_an_error_at_the_policy_key() {
+    let f = Fixture::new();
+    let src = MINIMAL.replace("policy: policy.yaml", "policy: missing.yaml");
+    let e = f.errors(&src);
+    assert_eq!(e.len(), 1);
+    let prefix = format!(
+        "fhirwall.yaml:3:9 policy | cannot read the policy file `{}`: ",
+        f.dir.path().join("missing.yaml").display()
+    );
+    assert!(e[0].starts_with(&prefix), "{e:?}");
+}
+
+#[test]
+fn configuration_and_policy_errors_are_returned_together() {
+    let f = Fixture::new();
+    fs::write(
+        f.dir.path().join("policy.yaml"),
+        "version: 1\nroutes:\n  - id: a\n    methods: [GET]\n    path: /a\n",
+    )
+    .unwrap();
+    let src = MINIMAL.replace(
+        "admin_listen: 127.0.0.1:9090",
+        "admin_listen: 127.0.0.1:8080",
+    );
+    assert_eq!(
+        f.errors(&src),
+        [
+            "fhirwall.yaml:2:15 admin_listen | `127.0.0.1:8080` is also a proxy `listen` address",
+            "policy.yaml:3:5 routes[0].scopes | missing required key `scopes` (required unless `public: true`)",
+        ]
+    );
+}
+
+#[test]
+fn upstream_urls_are_validated() {
+    let f = Fixture::new();
+    for (url, msg) in [
+        ("ftp://x", "invalid URL `ftp://x`: expected an `http://` or `https://` URL"),
+        ("http://", "invalid URL `http://`: the host is missing"),
+        ("http://u:p@host", "invalid URL `http://u:p@host`: credentials in the URL are not supported"),
+        ("http://host:0", "invalid URL `http://host:0`: invalid port"),
+        ("http://host:99999", "invalid URL `http://host:99999`: invalid port"),
+        ("http://ho_st", "invalid URL `http://ho_st`: the host has characters a host name cannot have"),
+        ("http://[::1", "invalid URL `http://[::1`: unterminated IPv6 address"),
+        ("http://host?x=1", "the upstream URL `http://host?x=1` has a path, query or fragment; give only `scheme://host[:port]` (requests are forwarded with their own path; put a FHIR base path in the policy's `base_path`)"),
+    ] {
+        let src = MINIMAL.replace("http://127.0.0.1:8081", url);
+        let e = f.errors(&src);
+        assert_eq!(e, [format!("fhirwall.yaml:5:8 upstream.url | {msg}")], "{url}");
+    }
+    let (c, _) = f
+        .load(&MINIMAL.replace("http://127.0.0.1:8081", "http://fhir.local/"))
+        .unwrap();
+    assert_eq!(
+        (c.upstream.host.as_str(), c.upstream.port),
+        ("fhir.local", 80)
+    );
+}
+
+#[test]
+fn risky_but_valid_settings_are_warnings() {
+    let f = Fixture::new();
+    let src = "\
+listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+policy: policy.yaml
+upstream:
+  url: https://fhir.internal
+  verify_tls: false
+issuers:
+  - issuer: http://idp.example.org
+    audiences: [fhir]
+";
+    let (_, warnings) = f.load(src).unwrap_or_else(|d| panic!("{d}"));
+    let w: Vec<String> = warnings
+        .0
+        .iter()
+        .filter(|w| w.file.ends_with("fhirwall.yaml"))
+        .map(|d| format!("{}:{} {} | {}", d.line, d.col, d.key, d.message))
+        .collect();
+    assert_eq!(
+        w,
+        [
+            "6:15 upstream.verify_tls | certificate verification of the upstream is disabled",
+            "8:13 issuers[0].issuer | `http://idp.example.org` uses plain http to another host; keys and metadata fetched from it can be tampered with",
+        ]
+    );
+}
+
+#[test]
+fn duplicate_issuers_and_addresses_are_errors() {
+    let f = Fixture::new();
+    let src = "\
+listen: [127.0.0.1:8080, 127.0.0.1:8080]
+admin_listen: 127.0.0.1:9090
+policy: policy.yaml
+upstream: { url: http://127.0.0.1:8081 }
+issuers:
+  - { issuer: https://a.example, audiences: [x] }
+  - { issuer: https://a.example, audiences: [y], jwks_min_refresh_interval: 10m }
+";
+    assert_eq!(
+        f.errors(src),
+        [
+            "fhirwall.yaml:1:26 listen[1] | `127.0.0.1:8080` is listed twice",
+            "fhirwall.yaml:7:15 issuers[1].issuer | issuer `https://a.example` is listed twice",
+            "fhirwall.yaml:7:77 issuers[1].jwks_min_refresh_interval | `jwks_min_refresh_interval` cannot be longer than `jwks_refresh_interval`",
+        ]
+    );
+}
+
+#[test]
+fn syntax_errors_and_unreadable_files_are_single_diagnostics() {
+    let f = Fixture::new();
+    let e = f.errors("listen: [127.0.0.1:8080\nadmin_listen: x\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].contains("YAML syntax error"), "{e:?}");
+    let d = load_with_warnings(Path::new("/nonexistent/fhirwall.yaml"))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(d.0.len(), 1);
+    assert_eq!((d.0[0].line, d.0[0].col), (0, 0));
+    assert!(d.0[0]
+        .message
+        .starts_with("cannot read the configuration file: "));
+}
+
+#[test]
+fn from_str_at_resolves_paths_against_the_given_location() {
+    let f = Fixture::new();
+    let c = Config::from_str_at(MINIMAL, &f.path()).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(c.policy_path, f.dir.path().join("policy.yaml"));
+}
