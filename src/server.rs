@@ -140,7 +140,9 @@ impl HealthSource for Health {
             ok: st.loaded,
             detail: match (&st.last_error, st.loaded) {
                 (None, true) => format!("{} signing keys loaded", st.keys),
-                (Some(e), true) => format!("{} signing keys loaded; last refresh failed: {e}", st.keys),
+                (Some(e), true) => {
+                    format!("{} signing keys loaded; last refresh failed: {e}", st.keys)
+                }
                 (Some(e), false) => format!("no signing keys yet: {e}"),
                 (None, false) => "no signing keys yet".to_string(),
             },

