@@ -128,7 +128,9 @@ fn bench(c: &mut Criterion) {
 
 /// Serves `jwks` on 127.0.0.1 and returns its URL.
 async fn serve_jwks(jwks: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
@@ -187,7 +189,10 @@ fn bench_request(c: &mut Criterion) {
     };
     let metrics = Arc::new(fhirwall::metrics::Metrics::new());
     let auth = Authenticator::new(&[cfg], &cache, metrics);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some("bench".into());
     let claims = serde_json::json!({
@@ -200,7 +205,8 @@ fn bench_request(c: &mut Criterion) {
     });
     let token = jsonwebtoken::encode(&header, &claims, &enc).expect("sign");
     // Warm the cache: the first call verifies the signature, every later one is a hit.
-    rt.block_on(auth.authenticate(&token)).expect("token verifies");
+    rt.block_on(auth.authenticate(&token))
+        .expect("token verifies");
     let policy = Policy::parse(&shipped_source(), Path::new("fhir-r4.yaml")).expect("loads");
 
     let mut g = c.benchmark_group("request");

@@ -102,6 +102,11 @@ impl TokenCache {
         }
     }
 
+    /// Drops every entry (after a signing key was withdrawn).
+    pub(crate) fn invalidate_all(&self) {
+        self.entries.invalidate_all();
+    }
+
     /// Number of entries (approximate; moka counts lazily).
     #[cfg(test)]
     pub(crate) async fn len(&self) -> u64 {

@@ -173,6 +173,9 @@ pub(crate) struct IssuerKeys {
     fetch_lock: Arc<tokio::sync::Mutex<()>>,
     /// Completed fetch attempts; tells a waiter that the fetch it waited for is done.
     generation: AtomicU64,
+    /// Refreshes that withdrew a key that was there before: tokens verified with a withdrawn
+    /// key must not keep being served from the verified-token cache.
+    withdrawals: AtomicU64,
     /// Start of the last fetch attempt (rate limit).
     last_attempt: parking_lot::Mutex<Option<Instant>>,
     /// Outcome of the last fetch attempt, for `/readyz`.
@@ -396,6 +399,16 @@ impl KeySet {
         self.keys.len()
     }
 
+    /// Whether `newer` lacks a key of this set: a `kid` that is gone, or fewer keys without
+    /// a `kid` (those cannot be told apart, so any change counts).
+    pub(crate) fn withdrawn_in(&self, newer: &KeySet) -> bool {
+        let unnamed = |set: &KeySet| set.keys.iter().filter(|k| k.kid.is_none()).count();
+        self.keys.iter().any(|k| match &k.kid {
+            Some(kid) => !newer.keys.iter().any(|n| n.kid.as_deref() == Some(&**kid)),
+            None => false,
+        }) || unnamed(self) != unnamed(newer)
+    }
+
     /// The key at `index` (from [`Lookup::Found`]).
     pub(crate) fn get(&self, index: usize) -> &Key {
         &self.keys[index]
@@ -444,6 +457,7 @@ impl IssuerKeys {
             keys: ArcSwapOption::empty(),
             fetch_lock: Arc::new(tokio::sync::Mutex::new(())),
             generation: AtomicU64::new(0),
+            withdrawals: AtomicU64::new(0),
             last_attempt: parking_lot::Mutex::new(None),
             last_error: ArcSwapOption::empty(),
             last_success: parking_lot::Mutex::new(None),
@@ -454,6 +468,11 @@ impl IssuerKeys {
             key_count: metrics.jwks_keys.with_label_values(&[&*issuer]),
             issuer,
         }
+    }
+
+    /// How many refreshes so far withdrew a key (see [`KeySet::withdrawn_in`]).
+    pub(crate) fn withdrawals(&self) -> u64 {
+        self.withdrawals.load(Ordering::Acquire)
     }
 
     /// The current key set; `None` until one was loaded.
@@ -546,7 +565,14 @@ impl IssuerKeys {
         match result {
             Ok((set, skipped)) => {
                 let count = set.len();
-                let first = self.keys.swap(Some(Arc::new(set))).is_none();
+                let previous = self.keys.swap(Some(Arc::new(set)));
+                let first = previous.is_none();
+                if let (Some(old), Some(new)) = (previous, self.keys.load_full()) {
+                    if old.withdrawn_in(&new) {
+                        self.withdrawals.fetch_add(1, Ordering::AcqRel);
+                        tracing::info!(issuer = %self.issuer, "JWKS refresh withdrew a signing key; cached tokens will be verified again");
+                    }
+                }
                 self.last_error.store(None);
                 *self.last_success.lock() = Some(SystemTime::now());
                 self.refreshes_ok.inc();

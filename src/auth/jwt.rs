@@ -157,9 +157,22 @@ pub(crate) fn verify(
     key: &DecodingKey,
     validation: &Validation,
 ) -> Result<Map<String, Value>, AuthError> {
-    jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+    let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
         .map(|data| data.claims)
-        .map_err(|e| map_error(e.kind()))
+        .map_err(|e| map_error(e.kind()))?;
+    // RFC 7519 §4.1.6 leaves `iat` unchecked, but a token issued in the future (beyond the
+    // clock-skew leeway) comes from a broken or forged issuer clock: refuse it like `nbf`.
+    if let Some(iat) = claims.get("iat") {
+        let iat = numeric_date(iat).ok_or(AuthError::Malformed)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if iat > now.saturating_add(validation.leeway) {
+            return Err(AuthError::NotYetValid);
+        }
+    }
+    Ok(claims)
 }
 
 /// One `jsonwebtoken` failure as an [`AuthError`].

@@ -34,6 +34,7 @@ pub use jwks::IssuerStatus;
 pub use principal::Principal;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, Validation};
@@ -51,6 +52,8 @@ use jwt::Shape;
 pub struct Authenticator {
     issuers: Box<[Issuer]>,
     cache: TokenCache,
+    /// Key withdrawals (summed over issuers) the cache has been flushed for.
+    seen_withdrawals: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -95,6 +98,7 @@ impl Authenticator {
         Authenticator {
             issuers,
             cache: TokenCache::new(cache),
+            seen_withdrawals: AtomicU64::new(0),
             metrics,
         }
     }
@@ -105,6 +109,14 @@ impl Authenticator {
     /// refused here as [`AuthError::Malformed`]. Every error but
     /// [`AuthError::KeysUnavailable`] means 401 `invalid_token`; see [`AuthError`].
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        // A refresh that withdrew a signing key ends the cached trust in every token: they are
+        // verified again (those signed by the withdrawn key then fail). Key withdrawal is rare,
+        // so flushing the whole cache is cheaper than tracking keys per entry.
+        let withdrawals: u64 = self.issuers.iter().map(|i| i.keys.withdrawals()).sum();
+        if self.seen_withdrawals.load(Ordering::Acquire) != withdrawals {
+            self.seen_withdrawals.store(withdrawals, Ordering::Release);
+            self.cache.invalidate_all();
+        }
         let key = cache::key(token);
         if let Some(principal) = self.cache.get(&key).await {
             self.metrics.token_cache_hits.inc();

@@ -15,6 +15,17 @@ pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 /// `X-Forwarded-Proto`.
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
+/// Client-supplied headers that name the client or the original request to the backend.
+/// Unless the gateway sits behind a trusted proxy (`trust_forwarded_for`), a client could use
+/// them to pose as another address or host, so they are removed.
+pub const SPOOFABLE_FORWARDING_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-client-ip",
+];
+
 /// Headers some servers honour to run another method than the request line's; fhirwall
 /// authorizes the request line's method, so a request carrying one is refused.
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
@@ -65,8 +76,10 @@ impl Upstream {
         let mut peer = HttpPeer::new(addr, cfg.tls, cfg.sni.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(cfg.connect_timeout);
-        o.total_connection_timeout = Some(cfg.connect_timeout);
-        o.read_timeout = Some(cfg.read_timeout);
+        // No single wait on the upstream may exceed the total budget; the response-header
+        // deadline itself is checked again when the header arrives (a trickling upstream).
+        o.read_timeout = Some(cfg.read_timeout.min(cfg.total_timeout));
+        o.total_connection_timeout = Some(cfg.connect_timeout.min(cfg.total_timeout));
         o.write_timeout = Some(cfg.write_timeout);
         o.idle_timeout = Some(cfg.idle_timeout);
         o.verify_cert = cfg.verify_tls;
@@ -119,21 +132,42 @@ impl Upstream {
         if !self.forward_authorization {
             req.remove_header(&http::header::AUTHORIZATION);
         }
-        if let Some(client) = client {
-            let ip = client.ip().to_string();
-            let xff = match req
-                .headers
-                .get(X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if self.trust_forwarded_for && !prev.trim().is_empty() => {
-                    format!("{prev}, {ip}")
+        if !self.trust_forwarded_for {
+            for h in SPOOFABLE_FORWARDING_HEADERS {
+                req.remove_header(h);
+            }
+        }
+        // Several `X-Forwarded-For` lines are one comma-separated list (RFC 9110 §5.3): keep
+        // them all, in order, when the previous hop is trusted.
+        let previous = if self.trust_forwarded_for {
+            let mut all = String::new();
+            for v in req.headers.get_all(X_FORWARDED_FOR) {
+                let v = v.to_str().unwrap_or_default().trim();
+                if !v.is_empty() {
+                    if !all.is_empty() {
+                        all.push_str(", ");
+                    }
+                    all.push_str(v);
                 }
-                _ => ip,
-            };
-            req.insert_header(X_FORWARDED_FOR, xff)?;
+            }
+            all
         } else {
-            req.remove_header(X_FORWARDED_FOR);
+            String::new()
+        };
+        match client {
+            Some(client) => {
+                let ip = client.ip().to_string();
+                let xff = if previous.is_empty() {
+                    ip
+                } else {
+                    format!("{previous}, {ip}")
+                };
+                req.insert_header(X_FORWARDED_FOR, xff)?;
+            }
+            None if !previous.is_empty() => req.insert_header(X_FORWARDED_FOR, previous)?,
+            None => {
+                req.remove_header(X_FORWARDED_FOR);
+            }
         }
         req.insert_header(X_FORWARDED_PROTO, proto)?;
         req.insert_header(X_REQUEST_ID, request_id)?;

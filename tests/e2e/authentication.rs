@@ -61,6 +61,19 @@ async fn a_token_not_yet_valid_is_refused_with_invalid_token() {
 }
 
 #[tokio::test]
+async fn a_token_issued_in_the_future_is_refused_with_invalid_token() {
+    let stack = Stack::start().await;
+    let mut claims = claims(&stack);
+    let now = unix_now();
+    // `nbf` says valid now, but the issuer's clock claims it was issued an hour from now.
+    claims["iat"] = json!(now + 3600);
+    claims["nbf"] = json!(now - 10);
+    claims["exp"] = json!(now + 7200);
+    let token = stack.issuer.mint(claims, KeyId::Rsa1);
+    assert_invalid_token(&stack, &token, "login").await;
+}
+
+#[tokio::test]
 async fn a_token_from_another_issuer_is_refused_with_invalid_token() {
     let stack = Stack::start().await;
     let mut claims = claims(&stack);
