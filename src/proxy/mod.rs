@@ -381,6 +381,21 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// What pingora's own error logs say about a request. Its default is the URI with the
+    /// query string, which is PHI; operational logs get the method, the request id and the
+    /// route id only (the audit record has the rest).
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        format!(
+            "{} request_id={} route={}",
+            session.req_header().method,
+            ctx.request_id,
+            ctx.decision
+                .as_ref()
+                .and_then(Decision::route_id)
+                .unwrap_or("-"),
+        )
+    }
+
     /// Every request ends here: one audit record and the metrics.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
