@@ -121,14 +121,14 @@ impl Gateway {
         };
         let token = match token {
             // Public routes ignore credentials; they are neither needed nor checked.
-            Some(t) if !m.is_public() => t.to_owned(),
+            Some(t) if !m.is_public() => t,
             _ => {
                 return rt
                     .policy
                     .authorize(&m, req.uri.path(), req.uri.query(), None)
             }
         };
-        match self.auth.authenticate(&token).await {
+        match self.auth.authenticate(token).await {
             Ok(principal) => {
                 let req = session.req_header();
                 let d = rt
