@@ -182,6 +182,7 @@ fn bench_request(c: &mut Criterion) {
         jwks_min_refresh_interval: Duration::from_secs(30),
         fetch_timeout: Duration::from_secs(5),
         patient_claim: "patient".into(),
+        introspection: None,
     };
     let cache = TokenCacheConfig {
         max_entries: 100_000,

@@ -25,6 +25,7 @@
 pub mod backend;
 pub mod gateway;
 pub mod issuer;
+pub mod idp;
 pub mod keys;
 pub mod server;
 

@@ -130,6 +130,7 @@ fn defaults_fill_every_optional_key() {
             jwks_min_refresh_interval: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(5),
             patient_claim: "patient".into(),
+            introspection: None,
         }]
     );
     assert_eq!(
