@@ -270,7 +270,9 @@ impl RevokeEndpoint {
             .and_then(|v| {
                 // RFC 6750 §2.1: the scheme is case-insensitive.
                 let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(token.trim())
             })
         else {
             return false;
@@ -334,9 +336,10 @@ impl Admin {
             tracing::warn!("admin revoke refused: missing or wrong admin token");
             let mut response = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
             // RFC 6750 §3.
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"fhirwall-admin\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"fhirwall-admin\""),
+            );
             return response;
         }
         let bytes = match http_body_util::Limited::new(req.into_body(), MAX_REVOKE_BODY)
@@ -344,7 +347,12 @@ impl Admin {
             .await
         {
             Ok(b) => b.to_bytes(),
-            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "body too large or unreadable\n"),
+            Err(_) => {
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body too large or unreadable\n",
+                )
+            }
         };
         let request: RevokeRequest = match serde_json::from_slice(&bytes) {
             Ok(r) => r,
@@ -444,7 +452,11 @@ impl Admin {
 
 fn bad_request(why: &str) -> Response<Full<Bytes>> {
     let json = serde_json::json!({ "error": why }).to_string();
-    body(StatusCode::BAD_REQUEST, "application/json", Bytes::from(json))
+    body(
+        StatusCode::BAD_REQUEST,
+        "application/json",
+        Bytes::from(json),
+    )
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {

@@ -187,17 +187,22 @@ impl HealthSource for Health {
         checks.extend(issuers);
         // An open circuit does not fail readiness: every instance shares the provider, so
         // taking them out of rotation would also stop the cached tokens they can still serve.
-        checks.extend(self.auth.introspection_status().into_iter().map(|st| Check {
-            name: format!("introspection {}", st.issuer),
-            ok: true,
-            detail: match &st.last_error {
-                None => format!("circuit {}", st.circuit),
-                Some(e) => format!(
-                    "circuit {}, {} failures in a row; last: {e}",
-                    st.circuit, st.consecutive_failures
-                ),
-            },
-        }));
+        checks.extend(
+            self.auth
+                .introspection_status()
+                .into_iter()
+                .map(|st| Check {
+                    name: format!("introspection {}", st.issuer),
+                    ok: true,
+                    detail: match &st.last_error {
+                        None => format!("circuit {}", st.circuit),
+                        Some(e) => format!(
+                            "circuit {}, {} failures in a row; last: {e}",
+                            st.circuit, st.consecutive_failures
+                        ),
+                    },
+                }),
+        );
         checks
     }
 }

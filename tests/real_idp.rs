@@ -486,4 +486,3 @@ fn kid(token: &str) -> String {
         .kid
         .expect("the provider names its key")
 }
-

@@ -33,7 +33,9 @@ const ASSERTION_LIFETIME: u64 = 60;
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// The environment variable holding a secret is not set (or not UTF-8).
-    #[error("issuer {issuer}: environment variable {var} (the introspection client secret) is not set")]
+    #[error(
+        "issuer {issuer}: environment variable {var} (the introspection client secret) is not set"
+    )]
     MissingEnv {
         /// The issuer.
         issuer: String,
@@ -120,7 +122,9 @@ enum Credentials {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Closed,
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// One probe is in flight; everyone else is refused until it reports.
     HalfOpen,
 }
@@ -287,7 +291,11 @@ impl Introspector {
                 *self.last_error.lock() = None;
                 self.publish_state();
                 let verdict = self.principal(claims, unix_now());
-                let label = if verdict.is_ok() { "active" } else { "inactive" };
+                let label = if verdict.is_ok() {
+                    "active"
+                } else {
+                    "inactive"
+                };
                 self.metrics
                     .introspection_requests
                     .with_label_values(&[&self.issuer, label])
@@ -376,9 +384,7 @@ impl Introspector {
             // token cannot be judged, so this is an outage, not a refusal.
             return Err(CallError::Status(status));
         }
-        let body = read_limited(response)
-            .await
-            .map_err(CallError::Transport)?;
+        let body = read_limited(response).await.map_err(CallError::Transport)?;
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(map)) => Ok(map),
             Ok(_) => Err(CallError::Body("not a JSON object".into())),
@@ -403,7 +409,8 @@ impl Introspector {
                 // RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
                 let id = form_encode(&self.client_id);
                 let secret = form_encode(secret);
-                let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+                let basic =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
                 request = request.header(AUTHORIZATION, format!("Basic {basic}"));
             }
             Credentials::Post(secret) => {
@@ -416,7 +423,10 @@ impl Introspector {
                     "client_assertion_type",
                     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
                 ));
-                form.push(("client_assertion", self.assertion(key, *alg, kid.clone(), url)));
+                form.push((
+                    "client_assertion",
+                    self.assertion(key, *alg, kid.clone(), url),
+                ));
             }
         }
         request.form(&form)
@@ -591,7 +601,10 @@ impl Breaker {
     }
 
     fn on_failure(&self) {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         let mut state = self.state.lock();
         let reopen = match *state {
             State::HalfOpen => true,
@@ -650,7 +663,9 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| transport(&e))? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!("the answer is larger than {MAX_RESPONSE_BYTES} bytes"));
+            return Err(format!(
+                "the answer is larger than {MAX_RESPONSE_BYTES} bytes"
+            ));
         }
         body.extend_from_slice(&chunk);
     }

@@ -61,9 +61,9 @@ use crate::config::{IssuerConfig, RevocationConfig, TokenCacheConfig};
 use crate::metrics::Metrics;
 use cache::{TokenCache, TokenKey};
 use introspect::Introspector;
-use revocation::RevocationList;
 use jwks::{IssuerKeys, KeySet, Lookup};
 use jwt::Shape;
+use revocation::RevocationList;
 
 /// Validates bearer tokens against the configured issuers, with a verified-token cache.
 ///

@@ -155,7 +155,12 @@ impl RevocationList {
 }
 
 impl<K> Expiry<K, Duration> for ValueIsTtl {
-    fn expire_after_create(&self, _key: &K, ttl: &Duration, _created_at: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &K,
+        ttl: &Duration,
+        _created_at: Instant,
+    ) -> Option<Duration> {
         Some(*ttl)
     }
 
@@ -280,6 +285,9 @@ mod tests {
         let client: Revocation =
             serde_json::from_str(r#"{"kind":"client","value":"app","ttl_secs":5}"#).unwrap();
         assert_eq!(client.target, Target::Client("app".into()));
-        assert!(serde_json::from_str::<Revocation>(r#"{"kind":"token","value":"zz","ttl_secs":5}"#).is_err());
+        assert!(serde_json::from_str::<Revocation>(
+            r#"{"kind":"token","value":"zz","ttl_secs":5}"#
+        )
+        .is_err());
     }
 }

@@ -17,8 +17,8 @@ use jsonwebtoken::Algorithm;
 use super::yaml::{self, index, join, MapView, Mark, Node, Reader};
 use super::{
     AuditConfig, AuditTarget, ClientAuth, Config, Diagnostic, Diagnostics, ForwardingConfig,
-    IntrospectionConfig, IssuerConfig, LogConfig, RevocationConfig, SecretSource,
-    TokenCacheConfig, UpstreamConfig,
+    IntrospectionConfig, IssuerConfig, LogConfig, RevocationConfig, SecretSource, TokenCacheConfig,
+    UpstreamConfig,
 };
 use crate::policy::Policy;
 
@@ -793,7 +793,12 @@ fn issuers(r: &mut Reader<'_>, n: &Node, base_dir: &Path) -> Option<Vec<IssuerCo
             .collect();
         let defaults = introspecting
             .iter()
-            .filter(|&&i| out[i].introspection.as_ref().is_some_and(|c| c.default_for_opaque))
+            .filter(|&&i| {
+                out[i]
+                    .introspection
+                    .as_ref()
+                    .is_some_and(|c| c.default_for_opaque)
+            })
             .count();
         if introspecting.len() > 1 && defaults != 1 {
             r.error(
@@ -1095,8 +1100,18 @@ fn client_auth(
             })
         }
         "private_key_jwt" => {
-            unexpected(r, env, "client_secret_env", "not used with `auth: private_key_jwt`");
-            unexpected(r, file, "client_secret_file", "not used with `auth: private_key_jwt`");
+            unexpected(
+                r,
+                env,
+                "client_secret_env",
+                "not used with `auth: private_key_jwt`",
+            );
+            unexpected(
+                r,
+                file,
+                "client_secret_file",
+                "not used with `auth: private_key_jwt`",
+            );
             let Some(n) = pkey else {
                 r.error(
                     auth_mark,
@@ -1111,8 +1126,13 @@ fn client_auth(
                 r.error(n.mark, &k, "the private key path is empty");
                 return None;
             }
-            let alg = opt(r, m, key, "private_key_alg", Algorithm::RS256, |r, n, k| {
-                match r.string(n, k)? {
+            let alg = opt(
+                r,
+                m,
+                key,
+                "private_key_alg",
+                Algorithm::RS256,
+                |r, n, k| match r.string(n, k)? {
                     "RS256" => Some(Algorithm::RS256),
                     "PS256" => Some(Algorithm::PS256),
                     "ES256" => Some(Algorithm::ES256),
@@ -1124,8 +1144,8 @@ fn client_auth(
                         );
                         None
                     }
-                }
-            })?;
+                },
+            )?;
             let kid = opt(r, m, key, "private_key_kid", None, |r, n, k| {
                 Some(Some(r.string(n, k)?.to_owned()))
             })?;
@@ -1200,7 +1220,11 @@ fn revocation(r: &mut Reader<'_>, m: &MapView<'_>, base_dir: &Path) -> Option<Re
                 if s.starts_with("redis://") || s.starts_with("rediss://") {
                     Some(Some(s.to_owned()))
                 } else {
-                    r.error(n.mark, k, format!("`{s}` is not a redis:// or rediss:// URL"));
+                    r.error(
+                        n.mark,
+                        k,
+                        format!("`{s}` is not a redis:// or rediss:// URL"),
+                    );
                     None
                 }
             })

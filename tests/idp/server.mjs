@@ -86,18 +86,18 @@ export const CLIENTS = [
     // RFC 7009 pass-through), with each client authentication method fhirwall supports.
     client_id: 'fhirwall-gateway',
     client_secret: 'gateway-secret-basic',
-    scope: '',
+    scope: 'openid',
   },
   {
     client_id: 'fhirwall-gateway-post',
     client_secret: 'gateway-secret-post',
-    scope: '',
+    scope: 'openid',
     token_endpoint_auth_method: 'client_secret_post',
   },
   {
     // private_key_jwt with the public half of tests/fixtures/keys/rsa1.key.pem.
     client_id: 'fhirwall-gateway-jwt',
-    scope: '',
+    scope: 'openid',
     token_endpoint_auth_method: 'private_key_jwt',
     token_endpoint_auth_signing_alg: 'RS256',
     jwks: {

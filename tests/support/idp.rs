@@ -54,7 +54,6 @@ pub enum Client {
     ShortLived,
 }
 
-
 pub fn idp_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/idp")
 }
@@ -263,7 +262,12 @@ impl Idp {
 
     /// The token endpoint's JSON answer to a `client_credentials` request (RFC 6749 §4.4)
     /// with `client_secret_basic`, for `resource` (RFC 8707) or the provider's default.
-    pub async fn token_response(&self, client: Client, scope: &str, resource: Option<&str>) -> Value {
+    pub async fn token_response(
+        &self,
+        client: Client,
+        scope: &str,
+        resource: Option<&str>,
+    ) -> Value {
         let (id, secret) = client.credentials();
         let endpoint = self.discovery().await["token_endpoint"]
             .as_str()

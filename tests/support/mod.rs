@@ -24,8 +24,8 @@
 
 pub mod backend;
 pub mod gateway;
-pub mod issuer;
 pub mod idp;
+pub mod issuer;
 pub mod keys;
 pub mod server;
 
