@@ -689,3 +689,154 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::test_support::issuer_config;
+    use serde_json::json;
+
+    const ISS: &str = "https://idp.test";
+
+    fn introspector() -> Introspector {
+        let issuer = issuer_config(ISS, None);
+        std::env::set_var("FHIRWALL_UNIT_INTROSPECTION_SECRET", "s3cret");
+        let cfg = IntrospectionConfig {
+            endpoint: Some("http://127.0.0.1:9/introspect".into()),
+            revocation_endpoint: None,
+            client_id: "gw".into(),
+            auth: ClientAuth::SecretBasic(SecretSource::Env(
+                "FHIRWALL_UNIT_INTROSPECTION_SECRET".into(),
+            )),
+            timeout: Duration::from_secs(1),
+            cache_max_ttl: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(5),
+            default_for_opaque: false,
+            breaker_failures: 2,
+            breaker_open_for: Duration::from_millis(100),
+        };
+        Introspector::new(&issuer, &cfg, Arc::default()).unwrap()
+    }
+
+    fn answer(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    #[test]
+    fn an_active_answer_becomes_a_principal() {
+        let p = introspector()
+            .principal(
+                answer(json!({
+                    "active": true, "iss": ISS, "aud": ["x", crate::auth::test_support::AUDIENCE],
+                    "exp": NOW + 60, "client_id": "app", "sub": "u1", "scope": "system/Patient.rs",
+                    "patient": "p1", "fhirUser": "Practitioner/1", "token_type": "Bearer"
+                })),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(p.expires_at, NOW + 60);
+        assert_eq!(p.client_id.as_deref(), Some("app"));
+        assert_eq!(p.subject.as_deref(), Some("u1"));
+        assert_eq!(p.patient.as_deref(), Some("p1"));
+        assert_eq!(p.fhir_user.as_deref(), Some("Practitioner/1"));
+        assert_eq!(p.scopes.iter().count(), 1);
+    }
+
+    #[test]
+    fn anything_but_a_clear_active_answer_for_us_is_refused() {
+        let i = introspector();
+        let aud = crate::auth::test_support::AUDIENCE;
+        let cases = [
+            (json!({"active": false}), AuthError::Inactive),
+            (json!({"active": "true", "aud": aud}), AuthError::Inactive),
+            (json!({}), AuthError::Inactive),
+            (
+                json!({"active": true, "aud": aud, "token_type": "refresh_token"}),
+                AuthError::Inactive,
+            ),
+            (
+                json!({"active": true, "aud": aud, "iss": "https://evil"}),
+                AuthError::UntrustedIssuer,
+            ),
+            (json!({"active": true}), AuthError::MissingClaim("aud")),
+            (
+                json!({"active": true, "aud": "someone-else"}),
+                AuthError::WrongAudience,
+            ),
+            (
+                json!({"active": true, "aud": aud, "exp": NOW}),
+                AuthError::Expired,
+            ),
+            (
+                json!({"active": true, "aud": aud, "nbf": NOW + 100}),
+                AuthError::NotYetValid,
+            ),
+        ];
+        for (v, want) in cases {
+            assert_eq!(
+                i.principal(answer(v.clone()), NOW).unwrap_err(),
+                want,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_exp_an_answer_lives_cache_max_ttl() {
+        let p = introspector()
+            .principal(
+                answer(json!({"active": true, "aud": crate::auth::test_support::AUDIENCE})),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(p.expires_at, NOW + 30);
+    }
+
+    #[test]
+    fn the_breaker_opens_after_consecutive_failures_and_lets_one_probe_through() {
+        let b = Breaker::new(2, Duration::from_millis(100));
+        b.admit().unwrap().failed();
+        assert_eq!(b.state_name(), "closed");
+        b.admit().unwrap().succeeded();
+        b.admit().unwrap().failed();
+        b.admit().unwrap().failed();
+        assert_eq!(b.state_name(), "open");
+        assert!(b.admit().is_none());
+        std::thread::sleep(Duration::from_millis(120));
+        let probe = b.admit().expect("one probe after open_for");
+        assert_eq!(b.state_name(), "half-open");
+        assert!(b.admit().is_none(), "only one probe at a time");
+        drop(probe); // cancelled: counts as a failure
+        assert_eq!(b.state_name(), "open");
+        std::thread::sleep(Duration::from_millis(120));
+        b.admit().unwrap().succeeded();
+        assert_eq!(b.state_name(), "closed");
+        assert!(b.admit().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_unavailable_not_a_refusal() {
+        let i = introspector();
+        for _ in 0..2 {
+            assert_eq!(
+                i.introspect("opaque").await.unwrap_err(),
+                AuthError::IntrospectionUnavailable
+            );
+        }
+        assert_eq!(i.status().circuit, "open");
+        assert_eq!(i.status().consecutive_failures, 2);
+        assert!(i.status().last_error.is_some());
+        assert_eq!(
+            i.introspect("opaque").await.unwrap_err(),
+            AuthError::IntrospectionUnavailable
+        );
+    }
+
+    #[test]
+    fn form_encoding_keeps_unreserved_characters() {
+        assert_eq!(form_encode("a-b_c.d*e"), "a-b_c.d*e");
+        assert_eq!(form_encode("a:b c+"), "a%3Ab%20c%2B");
+    }
+}

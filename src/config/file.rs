@@ -1218,7 +1218,10 @@ fn revocation(r: &mut Reader<'_>, m: &MapView<'_>, base_dir: &Path) -> Option<Re
             let k = "revocation.redis_url";
             r.string(n, k).and_then(|s| {
                 if s.starts_with("redis://") || s.starts_with("rediss://") {
-                    Some(Some(s.to_owned()))
+                    // Fail closed: an operator who names Redis expects every instance to
+                    // see a revocation; accepting the key without doing that would not.
+                    r.error(n.mark, k, "propagating revocations through Redis is not available in this build yet; remove `redis_url` (revocations then apply to the instance that receives them)");
+                    None
                 } else {
                     r.error(
                         n.mark,
