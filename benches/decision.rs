@@ -11,6 +11,9 @@
 //! has been seen: verified-token cache lookup (SHA-256 of a real RS256 JWT + moka), route
 //! match and scope check. The token is verified once against a JWKS served on loopback.
 //!
+//! `cached-opaque-*` measures the same for an opaque token whose RFC 7662 introspection
+//! answer (from a loopback endpoint, asked once) is in the cache.
+//!
 //! Run: `cargo bench --bench decision` (`-- --quick` for a short run).
 
 use std::fmt::Write as _;
@@ -182,6 +185,7 @@ fn bench_request(c: &mut Criterion) {
         jwks_min_refresh_interval: Duration::from_secs(30),
         fetch_timeout: Duration::from_secs(5),
         patient_claim: "patient".into(),
+        introspection: None,
     };
     let cache = TokenCacheConfig {
         max_entries: 100_000,
@@ -233,7 +237,75 @@ fn bench_request(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { auth.authenticate(black_box(&token)).await.is_ok() })
     });
+
+    // The same with an opaque token, introspected once.
+    let answer = serde_json::json!({
+        "active": true, "iss": issuer, "aud": "https://fhir.example.org", "sub": "user-1",
+        "client_id": "app", "exp": now + 3600, "patient": "123", "scope": claims["scope"],
+    })
+    .to_string();
+    let endpoint = rt.block_on(serve_jwks(answer));
+    std::env::set_var("FHIRWALL_BENCH_INTROSPECTION_SECRET", "bench-secret");
+    let mut introspecting = IssuerConfig {
+        introspection: Some(fhirwall::config::IntrospectionConfig {
+            endpoint: Some(endpoint),
+            revocation_endpoint: None,
+            client_id: "gateway".into(),
+            auth: fhirwall::config::ClientAuth::SecretBasic(fhirwall::config::SecretSource::Env(
+                "FHIRWALL_BENCH_INTROSPECTION_SECRET".into(),
+            )),
+            timeout: Duration::from_secs(2),
+            cache_max_ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(5),
+            default_for_opaque: false,
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_secs(5),
+        }),
+        ..cfg_for_introspection(issuer)
+    };
+    introspecting.jwks_uri = Some("http://127.0.0.1:9/unused".into());
+    let opaque_auth = Authenticator::new(
+        &[introspecting],
+        &cache,
+        Arc::new(fhirwall::metrics::Metrics::new()),
+    );
+    let opaque = "2YotnFZFEjr1zCsicMWpAA-bench-opaque-token";
+    rt.block_on(opaque_auth.authenticate(opaque))
+        .expect("introspected as active");
+    g.bench_function("cached-opaque+route+scope/patient-read", |b| {
+        b.to_async(&rt).iter(|| async {
+            let who = opaque_auth
+                .authenticate(black_box(opaque))
+                .await
+                .expect("cached");
+            let d = decide(&policy, black_box("/fhir/Patient/123"), None, &who);
+            assert!(d.permit().is_some());
+            d
+        })
+    });
+    g.bench_function("cached-opaque-only", |b| {
+        b.to_async(&rt)
+            .iter(|| async { opaque_auth.authenticate(black_box(opaque)).await.is_ok() })
+    });
     g.finish();
+}
+
+/// An issuer trusted for the bench's audience, without introspection.
+fn cfg_for_introspection(issuer: &str) -> fhirwall::config::IssuerConfig {
+    use jsonwebtoken::Algorithm;
+    use std::time::Duration;
+    fhirwall::config::IssuerConfig {
+        issuer: issuer.into(),
+        audiences: vec!["https://fhir.example.org".into()],
+        jwks_uri: None,
+        algorithms: vec![Algorithm::RS256],
+        leeway: Duration::from_secs(30),
+        jwks_refresh_interval: Duration::from_secs(300),
+        jwks_min_refresh_interval: Duration::from_secs(30),
+        fetch_timeout: Duration::from_secs(5),
+        patient_claim: "patient".into(),
+        introspection: None,
+    }
 }
 
 criterion_group!(benches, bench, bench_request);

@@ -9,7 +9,15 @@
 //!   else 503, with `{"ready":bool,"checks":[{"name","ok","detail"}]}` as the body. It also
 //!   sets the `fhirwall_ready` gauge.
 //!
-//! Any other path is 404; a known path with a method other than GET or HEAD is 405.
+//! - `POST /admin/revoke` (only when [`RevokeEndpoint`] is given, i.e. an admin token is
+//!   configured): revokes a token, a `jti`, or every token of a client or subject, in this
+//!   instance at once and, when Redis is configured, in every instance. Authenticated by
+//!   `Authorization: Bearer <admin token>`, compared in constant time. Body (JSON, one
+//!   target): `{"token": "..."}`, `{"token_sha256": "<hex>"}`, `{"jti": "..."}`,
+//!   `{"client_id": "..."}` or `{"sub": "..."}`; optional `"ttl"` (seconds, default
+//!   `revocation.entry_ttl`) and `"at_provider": true` (token only: RFC 7009 pass-through).
+//!
+//! Any other path is 404; a known path with the wrong method is 405.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,7 +35,14 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::auth::{Authenticator, Revocation, Target};
 use crate::metrics::Metrics;
+
+/// Largest `POST /admin/revoke` body accepted.
+const MAX_REVOKE_BODY: usize = 16 * 1024;
+
+/// Longest revocation a request may ask for (30 days).
+const MAX_REVOKE_TTL: u64 = 30 * 24 * 3600;
 
 /// Content type of the Prometheus text exposition format, version 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -70,10 +85,46 @@ struct Readiness<'a> {
     checks: &'a [Check],
 }
 
+/// Publishes a revocation to the other gateway instances (Redis pub/sub).
+pub trait Propagate: Send + Sync {
+    /// Sends `revocation` on; `Err` says why it could not be (the local revocation stands).
+    fn publish<'a>(
+        &'a self,
+        revocation: &'a Revocation,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// What `POST /admin/revoke` needs.
+pub struct RevokeEndpoint {
+    /// SHA-256 of the admin bearer token (compared digest to digest, in constant time).
+    token_digest: [u8; 32],
+    /// Where revocations are applied.
+    pub auth: Arc<Authenticator>,
+    /// Revocation lifetime when the request names none.
+    pub default_ttl: Duration,
+    /// Other instances, when configured.
+    pub propagate: Option<Arc<dyn Propagate>>,
+}
+
+/// The `POST /admin/revoke` request body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    token: Option<String>,
+    token_sha256: Option<String>,
+    jti: Option<String>,
+    client_id: Option<String>,
+    sub: Option<String>,
+    ttl: Option<u64>,
+    #[serde(default)]
+    at_provider: bool,
+}
+
 /// What every connection needs.
 struct Admin {
     metrics: Arc<Metrics>,
     health: Arc<dyn HealthSource>,
+    revoke: Option<Arc<RevokeEndpoint>>,
 }
 
 /// Serves the admin endpoints on `listener` until the process ends.
@@ -95,7 +146,22 @@ pub async fn serve_until(
     health: Arc<dyn HealthSource>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let admin = Arc::new(Admin { metrics, health });
+    serve_with_revocation(listener, metrics, health, None, shutdown).await
+}
+
+/// Like [`serve_until`], with `POST /admin/revoke` served by `revoke` (404 when `None`).
+pub async fn serve_with_revocation(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<dyn HealthSource>,
+    revoke: Option<Arc<RevokeEndpoint>>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let admin = Arc::new(Admin {
+        metrics,
+        health,
+        revoke,
+    });
     // Connection tasks live in the set so they end with the server; it is reaped as they
     // finish so it does not grow with the number of connections ever served.
     let mut connections = JoinSet::new();
@@ -120,8 +186,15 @@ pub async fn serve_until(
         let admin = admin.clone();
         connections.spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let response = admin.respond(&req);
-                async move { Ok::<_, Infallible>(response) }
+                let admin = admin.clone();
+                async move {
+                    let response = if req.uri().path() == "/admin/revoke" {
+                        admin.revoke(req).await
+                    } else {
+                        admin.respond(&req)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let result = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -169,6 +242,55 @@ impl Check {
     }
 }
 
+// === impl RevokeEndpoint ===
+
+impl RevokeEndpoint {
+    /// The endpoint, accepting `admin_token` as the bearer token.
+    pub fn new(
+        admin_token: &str,
+        auth: Arc<Authenticator>,
+        default_ttl: Duration,
+        propagate: Option<Arc<dyn Propagate>>,
+    ) -> Self {
+        RevokeEndpoint {
+            token_digest: digest(admin_token.as_bytes()),
+            auth,
+            default_ttl,
+            propagate,
+        }
+    }
+
+    /// Whether `Authorization` carries the admin token. Both sides are hashed first, so the
+    /// comparison takes the same time whatever the presented length and content.
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        let Some(presented) = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                // RFC 6750 §2.1: the scheme is case-insensitive.
+                let (scheme, token) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(token.trim())
+            })
+        else {
+            return false;
+        };
+        let presented = digest(presented.as_bytes());
+        presented
+            .iter()
+            .zip(self.token_digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).into()
+}
+
 // === impl Admin ===
 
 impl Admin {
@@ -197,6 +319,119 @@ impl Admin {
         }
     }
 
+    /// `POST /admin/revoke`.
+    async fn revoke(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        use http_body_util::BodyExt;
+        let Some(endpoint) = &self.revoke else {
+            return plain(StatusCode::NOT_FOUND, "not found\n");
+        };
+        if req.method() != Method::POST {
+            let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        if !endpoint.authorized(&req) {
+            tracing::warn!("admin revoke refused: missing or wrong admin token");
+            let mut response = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            // RFC 6750 §3.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"fhirwall-admin\""),
+            );
+            return response;
+        }
+        let bytes = match http_body_util::Limited::new(req.into_body(), MAX_REVOKE_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body too large or unreadable\n",
+                )
+            }
+        };
+        let request: RevokeRequest = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => return bad_request(&format!("invalid JSON body: {e}")),
+        };
+        let RevokeRequest {
+            token,
+            token_sha256,
+            jti,
+            client_id,
+            sub,
+            ttl,
+            at_provider,
+        } = request;
+        let named = [&token, &token_sha256, &jti, &client_id, &sub]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if named != 1 {
+            return bad_request("name exactly one of token, token_sha256, jti, client_id, sub");
+        }
+        if at_provider && token.is_none() {
+            return bad_request("at_provider needs the token itself");
+        }
+        let target = match (&token, token_sha256, jti, client_id, sub) {
+            (Some(t), ..) if !t.is_empty() => Target::token(t),
+            (_, Some(h), ..) => match Target::token_sha256_hex(&h) {
+                Some(t) => t,
+                None => return bad_request("token_sha256 must be 64 hex digits"),
+            },
+            (_, _, Some(v), ..) if !v.is_empty() => Target::Jti(v),
+            (_, _, _, Some(v), _) if !v.is_empty() => Target::Client(v),
+            (_, _, _, _, Some(v)) if !v.is_empty() => Target::Subject(v),
+            _ => return bad_request("the value to revoke is empty"),
+        };
+        let ttl_secs = match ttl {
+            None => endpoint.default_ttl.as_secs().max(1),
+            Some(t) if (1..=MAX_REVOKE_TTL).contains(&t) => t,
+            Some(_) => return bad_request("ttl must be between 1 and 2592000 seconds"),
+        };
+        let revocation = Revocation { target, ttl_secs };
+        endpoint.auth.revoke(&revocation, "admin").await;
+        tracing::info!(
+            kind = revocation.target.kind(),
+            ttl_secs,
+            "revocation applied in this instance"
+        );
+        let propagated = match &endpoint.propagate {
+            None => serde_json::Value::Null,
+            Some(p) => match p.publish(&revocation).await {
+                Ok(()) => serde_json::Value::Bool(true),
+                Err(e) => {
+                    tracing::error!(error = %e, "revocation not propagated to other instances");
+                    serde_json::Value::String(format!("error: {e}"))
+                }
+            },
+        };
+        let provider = match (at_provider, &token) {
+            (true, Some(t)) => match endpoint.auth.revoke_at_provider(t).await {
+                None => "no introspection client for this token's issuer".to_owned(),
+                Some(Ok(true)) => "revoked".to_owned(),
+                Some(Ok(false)) => "no revocation endpoint".to_owned(),
+                Some(Err(e)) => format!("error: {e}"),
+            }
+            .into(),
+            _ => serde_json::Value::Null,
+        };
+        let answer = serde_json::json!({
+            "revoked": revocation,
+            "propagated": propagated,
+            "provider": provider,
+        });
+        body(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(answer.to_string()),
+        )
+    }
+
     fn readyz(&self) -> Response<Full<Bytes>> {
         let checks = self.health.readiness();
         let ready = checks.iter().all(|c| c.ok);
@@ -213,6 +448,15 @@ impl Admin {
         };
         body(status, "application/json", Bytes::from(json))
     }
+}
+
+fn bad_request(why: &str) -> Response<Full<Bytes>> {
+    let json = serde_json::json!({ "error": why }).to_string();
+    body(
+        StatusCode::BAD_REQUEST,
+        "application/json",
+        Bytes::from(json),
+    )
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {

@@ -36,11 +36,32 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .policy_info
         .with_label_values(&[config.policy.version()])
         .set(1);
-    let auth = Arc::new(Authenticator::new(
-        &config.issuers,
-        &config.token_cache,
-        metrics.clone(),
-    ));
+    let auth = Arc::new(
+        Authenticator::build(
+            &config.issuers,
+            &config.token_cache,
+            &config.revocation,
+            metrics.clone(),
+        )
+        .context("setting up token introspection")?,
+    );
+    let revoke = match &config.revocation.admin_token {
+        None => None,
+        Some(source) => {
+            let token = crate::auth::read_secret(source)
+                .map_err(|e| anyhow::anyhow!("reading the admin token: {e}"))?;
+            // Short tokens can be guessed through the endpoint; demand a real secret.
+            if token.len() < 16 {
+                anyhow::bail!("the admin token must be at least 16 characters");
+            }
+            Some(Arc::new(admin::RevokeEndpoint::new(
+                &token,
+                auth.clone(),
+                config.revocation.entry_ttl,
+                None,
+            )))
+        }
+    };
     let (audit, audit_writer) = AuditSink::open(&config.audit, metrics.clone())
         .with_context(|| format!("opening the audit trail {:?}", config.audit.target))?;
     let admin_listener = std::net::TcpListener::bind(config.admin_listen)
@@ -102,7 +123,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     return;
                 }
             };
-            if let Err(e) = admin::serve(listener, admin_metrics, health).await {
+            let served = admin::serve_with_revocation(
+                listener,
+                admin_metrics,
+                health,
+                revoke,
+                std::future::pending(),
+            )
+            .await;
+            if let Err(e) = served {
                 tracing::error!(error = %e, "admin listener stopped");
             }
         }),
@@ -156,6 +185,24 @@ impl HealthSource for Health {
             self.audit.readiness_check(),
         ];
         checks.extend(issuers);
+        // An open circuit does not fail readiness: every instance shares the provider, so
+        // taking them out of rotation would also stop the cached tokens they can still serve.
+        checks.extend(
+            self.auth
+                .introspection_status()
+                .into_iter()
+                .map(|st| Check {
+                    name: format!("introspection {}", st.issuer),
+                    ok: true,
+                    detail: match &st.last_error {
+                        None => format!("circuit {}", st.circuit),
+                        Some(e) => format!(
+                            "circuit {}, {} failures in a row; last: {e}",
+                            st.circuit, st.consecutive_failures
+                        ),
+                    },
+                }),
+        );
         checks
     }
 }

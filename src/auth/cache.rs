@@ -2,7 +2,8 @@
 //! again until it expires (or `max_ttl` passes, whichever comes first).
 //!
 //! Entries are keyed by the SHA-256 of the token, so the cache never holds a usable token,
-//! and live no longer than `min(exp - now, max_ttl)`: never past `exp` (the verification
+//! and live no longer than `min(exp - now, max_ttl)` (and the verifier's own cap: an
+//! introspection result lives at most `cache_max_ttl`): never past `exp` (the verification
 //! leeway is *not* added here: leeway forgives clock skew once, it does not extend a token's
 //! life). Only successful verifications are cached. Concurrent requests presenting the same
 //! uncached token share one verification.
@@ -12,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::Expiry;
+use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 
 use super::{AuthError, Principal};
@@ -28,14 +31,19 @@ pub(crate) fn key(token: &str) -> TokenKey {
 
 /// Verified principals by token hash.
 pub(crate) struct TokenCache {
-    entries: Cache<TokenKey, Arc<Principal>>,
+    entries: Cache<TokenKey, Cached>,
     max_ttl: Duration,
 }
 
-/// Per-entry lifetime: until the token's `exp`, at most `max_ttl`.
-struct UntilExpiry {
-    max_ttl: Duration,
+/// A cache entry: the principal and how long it may live from its creation.
+#[derive(Clone)]
+struct Cached {
+    principal: Arc<Principal>,
+    ttl: Duration,
 }
+
+/// Per-entry lifetime: the `ttl` computed when the entry was made.
+struct UntilExpiry;
 
 /// Why a verification result is handed back without being cached.
 enum NotCached {
@@ -49,14 +57,18 @@ enum NotCached {
 // === impl TokenCache ===
 
 impl TokenCache {
-    /// An empty cache sized by `cfg`.
-    pub(crate) fn new(cfg: &TokenCacheConfig) -> Self {
+    /// An empty cache sized by `cfg`; entries evicted for capacity are counted in
+    /// `evictions`.
+    pub(crate) fn new(cfg: &TokenCacheConfig, evictions: IntCounter) -> Self {
         TokenCache {
             entries: Cache::builder()
                 .name("fhirwall-verified-tokens")
                 .max_capacity(cfg.max_entries)
-                .expire_after(UntilExpiry {
-                    max_ttl: cfg.max_ttl,
+                .expire_after(UntilExpiry)
+                .eviction_listener(move |_key, _value, cause| {
+                    if cause == RemovalCause::Size {
+                        evictions.inc();
+                    }
                 })
                 .build(),
             max_ttl: cfg.max_ttl,
@@ -65,7 +77,7 @@ impl TokenCache {
 
     /// The cached principal of `key`, if any and not past its `exp`.
     pub(crate) async fn get(&self, key: &TokenKey) -> Option<Arc<Principal>> {
-        let principal = self.entries.get(key).await?;
+        let principal = self.entries.get(key).await?.principal;
         // Belt and braces: the entry's expiry already ends at `exp`, but moka's clock is not
         // the wall clock `exp` is measured against.
         if is_live(&principal, SystemTime::now()) {
@@ -79,22 +91,26 @@ impl TokenCache {
 
     /// The principal of `key`, from `verify` on a miss. Concurrent callers with the same key
     /// share one `verify`; a success is cached, a failure is not.
+    ///
+    /// `verify` returns the principal and its own cap on the entry's life (the cache's
+    /// `max_ttl` applies too).
     pub(crate) async fn get_or_verify(
         &self,
         key: TokenKey,
-        verify: impl Future<Output = Result<Arc<Principal>, AuthError>>,
+        verify: impl Future<Output = Result<(Arc<Principal>, Duration), AuthError>>,
     ) -> Result<Arc<Principal>, AuthError> {
         let max_ttl = self.max_ttl;
         let init = async move {
-            let principal = verify.await.map_err(NotCached::Failed)?;
-            if ttl(&principal, max_ttl, SystemTime::now()).is_zero() {
+            let (principal, cap) = verify.await.map_err(NotCached::Failed)?;
+            let ttl = ttl(&principal, max_ttl.min(cap), SystemTime::now());
+            if ttl.is_zero() {
                 Err(NotCached::Expiring(principal))
             } else {
-                Ok(principal)
+                Ok(Cached { principal, ttl })
             }
         };
         match self.entries.try_get_with(key, init).await {
-            Ok(principal) => Ok(principal),
+            Ok(cached) => Ok(cached.principal),
             Err(not_cached) => match &*not_cached {
                 NotCached::Failed(e) => Err(*e),
                 NotCached::Expiring(principal) => Ok(Arc::clone(principal)),
@@ -107,6 +123,11 @@ impl TokenCache {
         self.entries.invalidate_all();
     }
 
+    /// Drops the entry of `key` (a revoked token), returning its principal if there was one.
+    pub(crate) async fn remove(&self, key: &TokenKey) -> Option<Arc<Principal>> {
+        self.entries.remove(key).await.map(|c| c.principal)
+    }
+
     /// Number of entries (approximate; moka counts lazily).
     #[cfg(test)]
     pub(crate) async fn len(&self) -> u64 {
@@ -117,14 +138,14 @@ impl TokenCache {
 
 // === impl UntilExpiry ===
 
-impl Expiry<TokenKey, Arc<Principal>> for UntilExpiry {
+impl Expiry<TokenKey, Cached> for UntilExpiry {
     fn expire_after_create(
         &self,
         _key: &TokenKey,
-        principal: &Arc<Principal>,
+        cached: &Cached,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(ttl(principal, self.max_ttl, SystemTime::now()))
+        Some(cached.ttl)
     }
 }
 
@@ -169,10 +190,13 @@ mod tests {
     }
 
     fn cache() -> TokenCache {
-        TokenCache::new(&TokenCacheConfig {
-            max_entries: 100,
-            max_ttl: Duration::from_secs(300),
-        })
+        TokenCache::new(
+            &TokenCacheConfig {
+                max_entries: 100,
+                max_ttl: Duration::from_secs(300),
+            },
+            IntCounter::new("evictions", "test").unwrap(),
+        )
     }
 
     #[test]
@@ -224,7 +248,7 @@ mod tests {
                 None => cache
                     .get_or_verify(key("good"), async {
                         calls.fetch_add(1, Ordering::SeqCst);
-                        Ok(Arc::clone(&live))
+                        Ok((Arc::clone(&live), Duration::MAX))
                     })
                     .await
                     .unwrap(),
@@ -252,7 +276,9 @@ mod tests {
         let cache = cache();
         let expiring = principal(unix_now());
         let got = cache
-            .get_or_verify(key("leeway"), async { Ok(Arc::clone(&expiring)) })
+            .get_or_verify(key("leeway"), async {
+                Ok((Arc::clone(&expiring), Duration::MAX))
+            })
             .await
             .unwrap();
         assert!(Arc::ptr_eq(&got, &expiring));

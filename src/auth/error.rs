@@ -6,9 +6,10 @@
 /// the OperationOutcome): it never names internals or echoes the token, and contains no `"` or
 /// `\`, so it can go inside an RFC 9110 quoted-string as is.
 ///
-/// Every variant but [`AuthError::KeysUnavailable`] is the client's problem: 401
-/// `invalid_token` (RFC 6750 §3.1). `KeysUnavailable` is ours (the identity provider's keys
-/// cannot be had): 503, see [`AuthError::is_unavailable`].
+/// Every variant but [`AuthError::KeysUnavailable`] and
+/// [`AuthError::IntrospectionUnavailable`] is the client's problem: 401 `invalid_token`
+/// (RFC 6750 §3.1). Those two are ours (the identity provider cannot be had): 503, see
+/// [`AuthError::is_unavailable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// Not a well-formed token: not `b64token` syntax, or a JWS whose parts are not
@@ -49,6 +50,17 @@ pub enum AuthError {
     /// be judged either way (503, not 401).
     #[error("the identity provider is unavailable; try again later")]
     KeysUnavailable,
+    /// RFC 7662 §2.2: the provider says the token is not active (unknown, expired, revoked at
+    /// the provider, or not for this gateway).
+    #[error("the access token is not active")]
+    Inactive,
+    /// Revoked in the gateway (admin endpoint), by token, `jti`, client or subject.
+    #[error("the access token has been revoked")]
+    Revoked,
+    /// The introspection endpoint could not be asked (unreachable, timeout, error answer,
+    /// open circuit) and no result is cached: the token cannot be judged (503, not 401).
+    #[error("the identity provider is unavailable; try again later")]
+    IntrospectionUnavailable,
 }
 
 // === impl AuthError ===
@@ -69,13 +81,19 @@ impl AuthError {
             AuthError::WrongAudience => "wrong_audience",
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::Inactive => "inactive",
+            AuthError::Revoked => "revoked",
+            AuthError::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 
-    /// True when the failure is ours, not the token's (answer 503, not 401): only
-    /// [`AuthError::KeysUnavailable`].
+    /// True when the failure is ours, not the token's (answer 503, not 401):
+    /// [`AuthError::KeysUnavailable`] and [`AuthError::IntrospectionUnavailable`].
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, AuthError::KeysUnavailable)
+        matches!(
+            self,
+            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable
+        )
     }
 }
 
@@ -95,6 +113,9 @@ mod tests {
         AuthError::WrongAudience,
         AuthError::MissingClaim("exp"),
         AuthError::KeysUnavailable,
+        AuthError::Inactive,
+        AuthError::Revoked,
+        AuthError::IntrospectionUnavailable,
     ];
 
     #[test]
@@ -122,11 +143,14 @@ mod tests {
     }
 
     #[test]
-    fn only_missing_keys_are_unavailable() {
+    fn only_an_unreachable_provider_is_unavailable() {
         for e in ALL {
             assert_eq!(
                 e.is_unavailable(),
-                *e == AuthError::KeysUnavailable,
+                matches!(
+                    e,
+                    AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable
+                ),
                 "{e:?}"
             );
         }

@@ -5,17 +5,28 @@
 //!    │ bearer::extract            where the token is (RFC 6750 §2.1; query tokens refused)
 //!    ▼
 //!  Authenticator::authenticate
+//!    │ revocation list: SHA-256(token) revoked? ──▶ Revoked
 //!    │ cache: SHA-256(token) ──hit──▶ Arc<Principal>      (no verification, no allocation)
 //!    │ miss:
-//!    │   b64token syntax, JWS shape (else Opaque: the place for RFC 7662 introspection)
+//!    │   negative cache (recent inactive opaque tokens) ──hit──▶ the remembered refusal
+//!    │   b64token syntax, JWS shape
+//!    │   opaque: RFC 7662 introspection at the opaque-token issuer (introspect.rs), circuit
+//!    │           breaker; active → Principal (cached ≤ cache_max_ttl), else negative-cached
 //!    │   jwt::inspect   alg (never none/HS*), kid, iss   — unverified, only to route
 //!    │   issuer by exact iss; alg allowed for the issuer
 //!    │   jwks: key by kid, alg fixed by the key          — unknown kid: one rate-limited refresh
 //!    │   jwt::verify    signature, then exp/nbf/iss/aud with the issuer's leeway
 //!    │   jwt::principal claims -> Principal (scopes parsed once)
 //!    ▼
+//!    ▼
+//!  revocation list: jti / client_id / sub revoked? ──▶ Revoked   (checked on hits too)
+//!    ▼
 //!  Arc<Principal> (cached until min(exp, now + max_ttl)) or AuthError
 //! ```
+//!
+//! Opaque tokens carry no issuer: they go to the single issuer that configures
+//! `introspection`, or, with several, to the one marked `default` (the configuration
+//! refuses anything else). [`Authenticator::revoke`] applies a revocation at once.
 //!
 //! [`Authenticator::run_refresh`] keeps every issuer's keys fresh in the background;
 //! [`Authenticator::is_ready`] says whether every issuer's keys were loaded at least once.
@@ -23,27 +34,36 @@
 pub mod bearer;
 mod cache;
 mod error;
+mod introspect;
 mod jwks;
 mod jwt;
 mod principal;
+mod revocation;
 #[cfg(test)]
 pub(crate) mod test_support;
 
 pub use error::AuthError;
+pub use introspect::{IntrospectionStatus, SetupError};
 pub use jwks::IssuerStatus;
 pub use principal::Principal;
+pub use revocation::{Revocation, Target};
+
+pub(crate) use introspect::read_secret;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, Validation};
 
-use crate::config::{IssuerConfig, TokenCacheConfig};
+use crate::config::{IssuerConfig, RevocationConfig, TokenCacheConfig};
 use crate::metrics::Metrics;
-use cache::TokenCache;
+use cache::{TokenCache, TokenKey};
+use introspect::Introspector;
 use jwks::{IssuerKeys, KeySet, Lookup};
 use jwt::Shape;
+use revocation::RevocationList;
 
 /// Validates bearer tokens against the configured issuers, with a verified-token cache.
 ///
@@ -52,9 +72,30 @@ use jwt::Shape;
 pub struct Authenticator {
     issuers: Box<[Issuer]>,
     cache: TokenCache,
+    /// Recent refusals of opaque tokens by the provider, so junk does not reach it again.
+    negative: moka::sync::Cache<TokenKey, (AuthError, Duration)>,
+    /// Where opaque tokens are introspected (`None`: they are refused).
+    opaque: Option<Arc<Introspector>>,
+    /// Every issuer's introspector, for revocation pass-through and status.
+    introspectors: Box<[Arc<Introspector>]>,
+    revocations: RevocationList,
     /// Key withdrawals (summed over issuers) the cache has been flushed for.
     seen_withdrawals: AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+/// Per-entry lifetime of the negative cache: the duration stored with the entry.
+struct NegativeTtl;
+
+impl moka::Expiry<TokenKey, (AuthError, Duration)> for NegativeTtl {
+    fn expire_after_create(
+        &self,
+        _key: &TokenKey,
+        value: &(AuthError, Duration),
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
 }
 
 /// One trusted issuer, compiled from its [`IssuerConfig`].
@@ -66,6 +107,10 @@ struct Issuer {
     /// The claim carrying the SMART patient context.
     patient_claim: Box<str>,
     keys: Arc<IssuerKeys>,
+    /// RFC 7662 introspection, when configured.
+    introspector: Option<Arc<Introspector>>,
+    /// Marked as the issuer of opaque tokens.
+    opaque_default: bool,
 }
 
 // === impl Authenticator ===
@@ -79,9 +124,22 @@ impl Authenticator {
     ///
     /// # Panics
     ///
-    /// If the HTTP client for key fetches cannot be built (the TLS backend failed to
-    /// initialise), which no configuration can cause.
+    /// If an issuer configures introspection whose secret or key cannot be read (use
+    /// [`Authenticator::build`] to get that as an error), or if the HTTP client for key
+    /// fetches cannot be built (the TLS backend failed to initialise).
     pub fn new(issuers: &[IssuerConfig], cache: &TokenCacheConfig, metrics: Arc<Metrics>) -> Self {
+        Self::build(issuers, cache, &RevocationConfig::default(), metrics)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Authenticator::new`], with the revocation list sized by `revocation`; reads
+    /// introspection secrets and keys now and returns what cannot be read.
+    pub fn build(
+        issuers: &[IssuerConfig],
+        cache: &TokenCacheConfig,
+        revocation: &RevocationConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SetupError> {
         // One client for every issuer: connections to an identity provider are reused across
         // refreshes while they stay in the pool.
         let http = reqwest::Client::builder()
@@ -91,16 +149,36 @@ impl Authenticator {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("the HTTP client for JWKS fetches can be built");
-        let issuers = issuers
+        let issuers: Box<[Issuer]> = issuers
             .iter()
             .map(|cfg| Issuer::new(cfg, http.clone(), &metrics))
+            .collect::<Result<_, _>>()?;
+        let introspectors: Box<[Arc<Introspector>]> = issuers
+            .iter()
+            .filter_map(|i| i.introspector.clone())
             .collect();
-        Authenticator {
+        // The configuration guarantees one introspector, or exactly one marked `default`.
+        let opaque = match &*introspectors {
+            [] => None,
+            [only] => Some(Arc::clone(only)),
+            _ => issuers
+                .iter()
+                .find(|i| i.opaque_default)
+                .and_then(|i| i.introspector.clone()),
+        };
+        Ok(Authenticator {
             issuers,
-            cache: TokenCache::new(cache),
+            cache: TokenCache::new(cache, metrics.token_cache_evictions.clone()),
+            negative: moka::sync::Cache::builder()
+                .max_capacity(cache.max_entries)
+                .expire_after(NegativeTtl)
+                .build(),
+            opaque,
+            introspectors,
+            revocations: RevocationList::new(revocation.max_entries),
             seen_withdrawals: AtomicU64::new(0),
             metrics,
-        }
+        })
     }
 
     /// Verifies `token` (from the cache when possible).
@@ -118,14 +196,78 @@ impl Authenticator {
             self.cache.invalidate_all();
         }
         let key = cache::key(token);
-        if let Some(principal) = self.cache.get(&key).await {
-            self.metrics.token_cache_hits.inc();
-            return Ok(principal);
+        if self.revocations.is_token_revoked(&key) {
+            return Err(self.count_revoked());
         }
-        self.metrics.token_cache_misses.inc();
-        self.cache
-            .get_or_verify(key, self.verify_counted(token))
-            .await
+        let principal = match self.cache.get(&key).await {
+            Some(principal) => {
+                self.metrics.token_cache_hits.inc();
+                principal
+            }
+            None => {
+                self.metrics.token_cache_misses.inc();
+                if let Some((refusal, _)) = self.negative.get(&key) {
+                    self.metrics.introspection_negative_hits.inc();
+                    return Err(refusal);
+                }
+                self.cache
+                    .get_or_verify(key, self.verify_counted(token, key))
+                    .await?
+            }
+        };
+        if self.revocations.is_revoked(&key, &principal) {
+            return Err(self.count_revoked());
+        }
+        Ok(principal)
+    }
+
+    fn count_revoked(&self) -> AuthError {
+        self.metrics
+            .token_validations
+            .with_label_values(&[AuthError::Revoked.code()])
+            .inc();
+        AuthError::Revoked
+    }
+
+    /// Applies `revocation` in this instance at once: the token (or every token of the
+    /// `jti`, client or subject) is refused from the next request on, cached or not.
+    /// `source` (`admin`, `redis`) labels the metric.
+    pub async fn revoke(&self, revocation: &Revocation, source: &'static str) {
+        let ttl = Duration::from_secs(revocation.ttl_secs.max(1));
+        self.revocations.insert(&revocation.target, ttl);
+        if let Target::Token(key) = &revocation.target {
+            // The list alone already blocks it; dropping the entry frees it sooner.
+            self.cache.remove(key).await;
+        }
+        self.metrics
+            .revocations
+            .with_label_values(&[revocation.target.kind(), source])
+            .inc();
+        self.metrics
+            .revocation_entries
+            .set(i64::try_from(self.revocations.len()).unwrap_or(i64::MAX));
+    }
+
+    /// RFC 7009 pass-through: asks the provider that issued `token` to revoke it, with the
+    /// introspection client's credentials. `None` when that issuer has no introspection
+    /// client; `Ok(false)` when it has no revocation endpoint.
+    pub async fn revoke_at_provider(&self, token: &str) -> Option<Result<bool, String>> {
+        let introspector = match jwt::shape(token) {
+            Shape::Opaque => self.opaque.clone(),
+            Shape::Jws => {
+                let iss = jwt::inspect(token).ok()?.iss;
+                self.issuers
+                    .iter()
+                    .find(|i| *i.name == iss)
+                    .and_then(|i| i.introspector.clone())
+            }
+        }?;
+        Some(introspector.revoke_at_provider(token).await)
+    }
+
+    /// Introspection state per introspecting issuer, for `/readyz`.
+    pub fn introspection_status(&self) -> Vec<IntrospectionStatus> {
+        self.introspectors.iter().map(|i| i.status()).collect()
     }
 
     /// True when every issuer's keys were loaded at least once (keys are kept across failed
@@ -172,8 +314,12 @@ impl Authenticator {
     }
 
     /// [`Authenticator::verify`], counted in `token_validations{result}`.
-    async fn verify_counted(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
-        let result = self.verify(token).await;
+    async fn verify_counted(
+        &self,
+        token: &str,
+        key: TokenKey,
+    ) -> Result<(Arc<Principal>, Duration), AuthError> {
+        let result = self.verify(token, key).await;
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => {
@@ -189,18 +335,35 @@ impl Authenticator {
         result
     }
 
-    /// Full verification of an uncached token.
-    async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+    /// Full verification of an uncached token: the principal and how long it may be
+    /// cached at most (beyond the cache's own `max_ttl` and the token's `exp`).
+    async fn verify(
+        &self,
+        token: &str,
+        key: TokenKey,
+    ) -> Result<(Arc<Principal>, Duration), AuthError> {
         // RFC 6750 §2.1: anything else in the credentials is not a token at all.
         if token.len() > jwt::MAX_TOKEN_LEN || !bearer::is_b64token(token) {
             return Err(AuthError::Malformed);
         }
         match jwt::shape(token) {
             Shape::Jws => {}
-            // Opaque tokens need RFC 7662 introspection, which is not configured (not
-            // implemented yet): this is where an introspection client would be called, and its
-            // principal would go through the same cache.
-            Shape::Opaque => return Err(AuthError::Opaque),
+            Shape::Opaque => {
+                let introspector = self.opaque.as_ref().ok_or(AuthError::Opaque)?;
+                return match introspector.introspect(token).await {
+                    Ok(principal) => {
+                        self.count_invalid_scopes(&principal);
+                        Ok((Arc::new(principal), introspector.cache_max_ttl))
+                    }
+                    // An outage is never remembered: the next request asks again (the
+                    // circuit breaker keeps that cheap).
+                    Err(e) if e.is_unavailable() => Err(e),
+                    Err(e) => {
+                        self.negative.insert(key, (e, introspector.negative_ttl));
+                        Err(e)
+                    }
+                };
+            }
         }
 
         let unverified = jwt::inspect(token)?;
@@ -219,11 +382,15 @@ impl Authenticator {
 
         let claims = jwt::verify(token, &keys.get(index).decoding, validation)?;
         let principal = jwt::principal(&issuer.name, &issuer.patient_claim, &claims)?;
+        self.count_invalid_scopes(&principal);
+        Ok((Arc::new(principal), Duration::MAX))
+    }
+
+    fn count_invalid_scopes(&self, principal: &Principal) {
         let invalid = principal.scopes.invalid_count();
         if invalid > 0 {
             self.metrics.invalid_scopes.inc_by(u64::from(invalid));
         }
-        Ok(Arc::new(principal))
     }
 }
 
@@ -241,19 +408,32 @@ impl fmt::Debug for Authenticator {
 // === impl Issuer ===
 
 impl Issuer {
-    fn new(cfg: &IssuerConfig, http: reqwest::Client, metrics: &Metrics) -> Self {
+    fn new(
+        cfg: &IssuerConfig,
+        http: reqwest::Client,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, SetupError> {
         let mut validations: Vec<(Algorithm, Validation)> = Vec::new();
         for &alg in &cfg.algorithms {
             if jwt::is_asymmetric(alg) && !validations.iter().any(|(a, _)| *a == alg) {
                 validations.push((alg, jwt::validation(cfg, alg)));
             }
         }
-        Issuer {
+        let introspector = match &cfg.introspection {
+            Some(i) => Some(Arc::new(Introspector::new(cfg, i, Arc::clone(metrics))?)),
+            None => None,
+        };
+        Ok(Issuer {
             name: cfg.issuer.as_str().into(),
             validations: validations.into_boxed_slice(),
             patient_claim: cfg.patient_claim.as_str().into(),
             keys: Arc::new(IssuerKeys::new(cfg, http, metrics)),
-        }
+            opaque_default: cfg
+                .introspection
+                .as_ref()
+                .is_some_and(|i| i.default_for_opaque),
+            introspector,
+        })
     }
 
     /// The validation for `alg`, if the issuer accepts `alg`.

@@ -122,6 +122,7 @@ pub(crate) fn issuer_config(issuer: &str, jwks_uri: Option<String>) -> IssuerCon
         jwks_min_refresh_interval: Duration::from_secs(60),
         fetch_timeout: Duration::from_secs(2),
         patient_claim: "patient".to_owned(),
+        introspection: None,
     }
 }
 

@@ -16,8 +16,9 @@ use jsonwebtoken::Algorithm;
 
 use super::yaml::{self, index, join, MapView, Mark, Node, Reader};
 use super::{
-    AuditConfig, AuditTarget, Config, Diagnostic, Diagnostics, ForwardingConfig, IssuerConfig,
-    LogConfig, TokenCacheConfig, UpstreamConfig,
+    AuditConfig, AuditTarget, ClientAuth, Config, Diagnostic, Diagnostics, ForwardingConfig,
+    IntrospectionConfig, IssuerConfig, LogConfig, RevocationConfig, SecretSource, TokenCacheConfig,
+    UpstreamConfig,
 };
 use crate::policy::Policy;
 
@@ -30,6 +31,7 @@ const TOP_KEYS: &[&str] = &[
     "upstream",
     "issuers",
     "token_cache",
+    "revocation",
     "audit",
     "forwarding",
     "log",
@@ -55,7 +57,36 @@ const ISSUER_KEYS: &[&str] = &[
     "jwks_min_refresh_interval",
     "fetch_timeout",
     "patient_claim",
+    "introspection",
 ];
+const INTROSPECTION_KEYS: &[&str] = &[
+    "endpoint",
+    "revocation_endpoint",
+    "client_id",
+    "auth",
+    "client_secret_env",
+    "client_secret_file",
+    "private_key_file",
+    "private_key_alg",
+    "private_key_kid",
+    "timeout",
+    "cache_max_ttl",
+    "negative_ttl",
+    "default",
+    "breaker_failures",
+    "breaker_open_for",
+];
+const REVOCATION_KEYS: &[&str] = &[
+    "admin_token_env",
+    "admin_token_file",
+    "entry_ttl",
+    "max_entries",
+    "redis_url",
+    "redis_channel",
+];
+/// Longest `cache_max_ttl`: an introspection result is a snapshot; trusting it for longer
+/// makes a revocation at the provider invisible for as long.
+const MAX_INTROSPECTION_TTL: Duration = Duration::from_secs(300);
 const TOKEN_CACHE_KEYS: &[&str] = &["max_entries", "max_ttl"];
 const AUDIT_KEYS: &[&str] = &[
     "path",
@@ -197,6 +228,7 @@ struct Parts {
     upstream: UpstreamConfig,
     issuers: Vec<IssuerConfig>,
     token_cache: TokenCacheConfig,
+    revocation: RevocationConfig,
     audit: AuditConfig,
     forwarding: ForwardingConfig,
     log: LogConfig,
@@ -213,6 +245,7 @@ impl Parts {
             upstream,
             issuers,
             token_cache,
+            revocation,
             audit,
             forwarding,
             log,
@@ -226,6 +259,7 @@ impl Parts {
             upstream,
             issuers,
             token_cache,
+            revocation,
             audit,
             forwarding,
             log,
@@ -283,7 +317,9 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
     let upstream = r
         .required(&top, "", "upstream")
         .and_then(|n| upstream(r, n));
-    let issuers = r.required(&top, "", "issuers").and_then(|n| issuers(r, n));
+    let issuers = r
+        .required(&top, "", "issuers")
+        .and_then(|n| issuers(r, n, base_dir));
 
     let token_cache = section(r, &top, "token_cache", TOKEN_CACHE_KEYS, |r, m| {
         let max_entries = opt(r, m, "token_cache", "max_entries", 100_000, |r, n, k| {
@@ -301,6 +337,10 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
             max_entries: max_entries?,
             max_ttl: max_ttl?,
         })
+    });
+
+    let revocation = section(r, &top, "revocation", REVOCATION_KEYS, |r, m| {
+        revocation(r, m, base_dir)
     });
 
     let audit = section(r, &top, "audit", AUDIT_KEYS, |r, m| {
@@ -408,6 +448,7 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
         upstream: upstream?,
         issuers: issuers?,
         token_cache: token_cache?,
+        revocation: revocation?,
         audit: audit?,
         forwarding: forwarding?,
         log: log?,
@@ -718,7 +759,7 @@ fn fetch_url(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<String> {
     }
 }
 
-fn issuers(r: &mut Reader<'_>, n: &Node) -> Option<Vec<IssuerConfig>> {
+fn issuers(r: &mut Reader<'_>, n: &Node, base_dir: &Path) -> Option<Vec<IssuerConfig>> {
     let items = r.seq(n, "issuers")?;
     if items.is_empty() {
         r.error(n.mark, "issuers", "list at least one trusted issuer");
@@ -728,7 +769,7 @@ fn issuers(r: &mut Reader<'_>, n: &Node) -> Option<Vec<IssuerConfig>> {
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
         let key = index("issuers", i);
-        match issuer(r, item, &key) {
+        match issuer(r, item, &key, base_dir) {
             Some((iss, mark)) => {
                 if out.iter().any(|o: &IssuerConfig| o.issuer == iss.issuer) {
                     r.error(
@@ -743,10 +784,43 @@ fn issuers(r: &mut Reader<'_>, n: &Node) -> Option<Vec<IssuerConfig>> {
             None => ok = false,
         }
     }
+    if ok {
+        // Opaque tokens carry no issuer: with several introspecting issuers, one must be named
+        // the destination of opaque tokens (asking each in turn would leak every token to
+        // every provider).
+        let introspecting: Vec<usize> = (0..out.len())
+            .filter(|&i| out[i].introspection.is_some())
+            .collect();
+        let defaults = introspecting
+            .iter()
+            .filter(|&&i| {
+                out[i]
+                    .introspection
+                    .as_ref()
+                    .is_some_and(|c| c.default_for_opaque)
+            })
+            .count();
+        if introspecting.len() > 1 && defaults != 1 {
+            r.error(
+                n.mark,
+                "issuers",
+                format!(
+                    "{} issuers configure `introspection`; mark exactly one with `introspection.default: true` (opaque tokens are sent to it), found {defaults}",
+                    introspecting.len()
+                ),
+            );
+            ok = false;
+        }
+    }
     ok.then_some(out)
 }
 
-fn issuer(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<(IssuerConfig, Mark)> {
+fn issuer(
+    r: &mut Reader<'_>,
+    n: &Node,
+    key: &str,
+    base_dir: &Path,
+) -> Option<(IssuerConfig, Mark)> {
     let m = r.map(n, key, ISSUER_KEYS)?;
     let iss_node = r.required(&m, key, "issuer");
     let issuer = iss_node.and_then(|n| fetch_url(r, n, &join(key, "issuer")));
@@ -835,6 +909,10 @@ fn issuer(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<(IssuerConfig, Mark
             Some(s.to_owned())
         },
     );
+    let introspection = match m.get("introspection") {
+        None => Some(None),
+        Some(n) => introspection(r, n, &join(key, "introspection"), base_dir).map(Some),
+    };
     let mark = iss_node.map_or(m.mark, |n| n.mark);
     Some((
         IssuerConfig {
@@ -847,9 +925,336 @@ fn issuer(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<(IssuerConfig, Mark
             jwks_min_refresh_interval: min_refresh?,
             fetch_timeout: fetch_timeout?,
             patient_claim: patient_claim?,
+            introspection: introspection?,
         },
         mark,
     ))
+}
+
+/// An issuer's `introspection:` block.
+fn introspection(
+    r: &mut Reader<'_>,
+    n: &Node,
+    key: &str,
+    base_dir: &Path,
+) -> Option<IntrospectionConfig> {
+    let m = r.map(n, key, INTROSPECTION_KEYS)?;
+    let endpoint = match m.get("endpoint") {
+        None => Some(None),
+        Some(n) => fetch_url(r, n, &join(key, "endpoint")).map(Some),
+    };
+    let revocation_endpoint = match m.get("revocation_endpoint") {
+        None => Some(None),
+        Some(n) => fetch_url(r, n, &join(key, "revocation_endpoint")).map(Some),
+    };
+    let client_id = r.required(&m, key, "client_id").and_then(|n| {
+        let k = join(key, "client_id");
+        let s = r.string(n, &k)?;
+        if s.is_empty() {
+            r.error(n.mark, &k, "the client id is empty");
+            return None;
+        }
+        Some(s.to_owned())
+    });
+    let auth = client_auth(r, &m, key, base_dir);
+    let timeout = opt(r, &m, key, "timeout", Duration::from_secs(2), |r, n, k| {
+        positive(r, n, k, r_duration)
+    });
+    let cache_max_ttl = opt(
+        r,
+        &m,
+        key,
+        "cache_max_ttl",
+        Duration::from_secs(30),
+        |r, n, k| {
+            let d = positive(r, n, k, r_duration)?;
+            if d > MAX_INTROSPECTION_TTL {
+                r.error(n.mark, k, "`cache_max_ttl` must be at most 5m: a revocation at the provider stays unseen for as long");
+                return None;
+            }
+            if d > Duration::from_secs(60) {
+                r.warning(n.mark, k, "`cache_max_ttl` over a minute: a revocation at the provider can take that long to be seen");
+            }
+            Some(d)
+        },
+    );
+    let negative_ttl = opt(
+        r,
+        &m,
+        key,
+        "negative_ttl",
+        Duration::from_secs(5),
+        |r, n, k| {
+            let d = positive(r, n, k, r_duration)?;
+            if d > Duration::from_secs(60) {
+                r.error(n.mark, k, "`negative_ttl` must be at most 1m: a token refused once (e.g. during a provider hiccup) would stay refused that long");
+                return None;
+            }
+            Some(d)
+        },
+    );
+    let default_for_opaque = opt(r, &m, key, "default", false, |r, n, k| r.bool(n, k));
+    let breaker_failures = opt(r, &m, key, "breaker_failures", 5, |r, n, k| {
+        let v = positive(r, n, k, r_u64)?;
+        if v > 1000 {
+            r.error(n.mark, k, "`breaker_failures` must be at most 1000");
+            return None;
+        }
+        Some(v as u32)
+    });
+    let breaker_open_for = opt(
+        r,
+        &m,
+        key,
+        "breaker_open_for",
+        Duration::from_secs(5),
+        |r, n, k| positive(r, n, k, r_duration),
+    );
+    Some(IntrospectionConfig {
+        endpoint: endpoint?,
+        revocation_endpoint: revocation_endpoint?,
+        client_id: client_id?,
+        auth: auth?,
+        timeout: timeout?,
+        cache_max_ttl: cache_max_ttl?,
+        negative_ttl: negative_ttl?,
+        default_for_opaque: default_for_opaque?,
+        breaker_failures: breaker_failures?,
+        breaker_open_for: breaker_open_for?,
+    })
+}
+
+/// `auth` and the credential keys it needs (exactly one secret source for the secret
+/// methods; `private_key_file` for `private_key_jwt`).
+fn client_auth(
+    r: &mut Reader<'_>,
+    m: &MapView<'_>,
+    key: &str,
+    base_dir: &Path,
+) -> Option<ClientAuth> {
+    let auth_key = join(key, "auth");
+    let method = match m.get("auth") {
+        None => "client_secret_basic",
+        Some(n) => r.string(n, &auth_key)?,
+    };
+    let auth_mark = m.get("auth").map_or(m.mark, |n| n.mark);
+    let env = m.get("client_secret_env");
+    let file = m.get("client_secret_file");
+    let pkey = m.get("private_key_file");
+    let unexpected = |r: &mut Reader<'_>, node: Option<&Node>, name: &str, why: &str| {
+        if let Some(n) = node {
+            r.error(n.mark, &join(key, name), why.to_owned());
+        }
+    };
+    match method {
+        "client_secret_basic" | "client_secret_post" => {
+            unexpected(
+                r,
+                pkey,
+                "private_key_file",
+                "`private_key_file` is only used with `auth: private_key_jwt`",
+            );
+            for k in ["private_key_alg", "private_key_kid"] {
+                unexpected(r, m.get(k), k, "only used with `auth: private_key_jwt`");
+            }
+            let source = match (env, file) {
+                (Some(_), Some(n)) => {
+                    r.error(
+                        n.mark,
+                        &join(key, "client_secret_file"),
+                        "give the secret by `client_secret_env` or `client_secret_file`, not both",
+                    );
+                    None
+                }
+                (Some(n), None) => {
+                    let k = join(key, "client_secret_env");
+                    let name = r.string(n, &k)?;
+                    if name.is_empty() || name.contains('=') {
+                        r.error(n.mark, &k, "not an environment variable name");
+                        return None;
+                    }
+                    Some(SecretSource::Env(name.to_owned()))
+                }
+                (None, Some(n)) => {
+                    let k = join(key, "client_secret_file");
+                    let path = r.string(n, &k)?;
+                    if path.is_empty() {
+                        r.error(n.mark, &k, "the secret file path is empty");
+                        return None;
+                    }
+                    Some(SecretSource::File(base_dir.join(path)))
+                }
+                (None, None) => {
+                    r.error(
+                        auth_mark,
+                        &auth_key,
+                        format!("`{method}` needs the client secret: set `client_secret_env` (an environment variable name) or `client_secret_file`; the secret itself never goes in this file"),
+                    );
+                    None
+                }
+            }?;
+            Some(if method == "client_secret_basic" {
+                ClientAuth::SecretBasic(source)
+            } else {
+                ClientAuth::SecretPost(source)
+            })
+        }
+        "private_key_jwt" => {
+            unexpected(
+                r,
+                env,
+                "client_secret_env",
+                "not used with `auth: private_key_jwt`",
+            );
+            unexpected(
+                r,
+                file,
+                "client_secret_file",
+                "not used with `auth: private_key_jwt`",
+            );
+            let Some(n) = pkey else {
+                r.error(
+                    auth_mark,
+                    &auth_key,
+                    "`private_key_jwt` needs `private_key_file` (a PEM RSA or EC P-256 private key)",
+                );
+                return None;
+            };
+            let k = join(key, "private_key_file");
+            let path = r.string(n, &k)?;
+            if path.is_empty() {
+                r.error(n.mark, &k, "the private key path is empty");
+                return None;
+            }
+            let alg = opt(
+                r,
+                m,
+                key,
+                "private_key_alg",
+                Algorithm::RS256,
+                |r, n, k| match r.string(n, k)? {
+                    "RS256" => Some(Algorithm::RS256),
+                    "PS256" => Some(Algorithm::PS256),
+                    "ES256" => Some(Algorithm::ES256),
+                    other => {
+                        r.error(
+                            n.mark,
+                            k,
+                            format!("unsupported assertion algorithm `{other}`; expected RS256, PS256 or ES256"),
+                        );
+                        None
+                    }
+                },
+            )?;
+            let kid = opt(r, m, key, "private_key_kid", None, |r, n, k| {
+                Some(Some(r.string(n, k)?.to_owned()))
+            })?;
+            Some(ClientAuth::PrivateKeyJwt {
+                key_file: base_dir.join(path),
+                alg,
+                kid,
+            })
+        }
+        other => {
+            r.error(
+                auth_mark,
+                &auth_key,
+                format!("unknown client authentication `{other}`; expected client_secret_basic, client_secret_post or private_key_jwt"),
+            );
+            None
+        }
+    }
+}
+
+/// The top-level `revocation:` section.
+fn revocation(r: &mut Reader<'_>, m: &MapView<'_>, base_dir: &Path) -> Option<RevocationConfig> {
+    let admin_token = match (m.get("admin_token_env"), m.get("admin_token_file")) {
+        (None, None) => Some(None),
+        (Some(_), Some(n)) => {
+            r.error(
+                n.mark,
+                "revocation.admin_token_file",
+                "give the admin token by `admin_token_env` or `admin_token_file`, not both",
+            );
+            None
+        }
+        (Some(n), None) => {
+            let k = "revocation.admin_token_env";
+            r.string(n, k).and_then(|name| {
+                if name.is_empty() || name.contains('=') {
+                    r.error(n.mark, k, "not an environment variable name");
+                    None
+                } else {
+                    Some(Some(SecretSource::Env(name.to_owned())))
+                }
+            })
+        }
+        (None, Some(n)) => {
+            let k = "revocation.admin_token_file";
+            r.string(n, k).and_then(|path| {
+                if path.is_empty() {
+                    r.error(n.mark, k, "the admin token file path is empty");
+                    None
+                } else {
+                    Some(Some(SecretSource::File(base_dir.join(path))))
+                }
+            })
+        }
+    };
+    let entry_ttl = opt(
+        r,
+        m,
+        "revocation",
+        "entry_ttl",
+        Duration::from_secs(3600),
+        |r, n, k| positive(r, n, k, r_duration),
+    );
+    let max_entries = opt(r, m, "revocation", "max_entries", 100_000, |r, n, k| {
+        positive(r, n, k, r_u64)
+    });
+    let redis_url = match m.get("redis_url") {
+        None => Some(None),
+        Some(n) => {
+            let k = "revocation.redis_url";
+            r.string(n, k).and_then(|s| {
+                if s.starts_with("redis://") || s.starts_with("rediss://") {
+                    // Fail closed: an operator who names Redis expects every instance to
+                    // see a revocation; accepting the key without doing that would not.
+                    r.error(n.mark, k, "propagating revocations through Redis is not available in this build yet; remove `redis_url` (revocations then apply to the instance that receives them)");
+                    None
+                } else {
+                    r.error(
+                        n.mark,
+                        k,
+                        format!("`{s}` is not a redis:// or rediss:// URL"),
+                    );
+                    None
+                }
+            })
+        }
+    };
+    let redis_channel = opt(
+        r,
+        m,
+        "revocation",
+        "redis_channel",
+        "fhirwall:revocations".to_owned(),
+        |r, n, k| {
+            let s = r.string(n, k)?;
+            if s.is_empty() {
+                r.error(n.mark, k, "the channel name is empty");
+                return None;
+            }
+            Some(s.to_owned())
+        },
+    );
+    Some(RevocationConfig {
+        admin_token: admin_token?,
+        entry_ttl: entry_ttl?,
+        max_entries: max_entries?,
+        redis_url: redis_url?,
+        redis_channel: redis_channel?,
+    })
 }
 
 fn algorithms(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<Vec<Algorithm>> {

@@ -37,6 +37,8 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     /// Verified-token cache.
     pub token_cache: TokenCacheConfig,
+    /// Token revocation in the gateway (admin endpoint, revocation list, propagation).
+    pub revocation: RevocationConfig,
     /// Audit trail.
     pub audit: AuditConfig,
     /// How `X-Forwarded-*` and `X-Request-Id` are handled.
@@ -99,6 +101,80 @@ pub struct IssuerConfig {
     pub fetch_timeout: Duration,
     /// Claim carrying the SMART patient context (default `patient`).
     pub patient_claim: String,
+    /// RFC 7662 introspection of opaque tokens from this issuer; `None`: opaque tokens are
+    /// refused.
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+/// RFC 7662 token introspection for one issuer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint; when absent, `introspection_endpoint` of the issuer's
+    /// discovery document.
+    pub endpoint: Option<String>,
+    /// The RFC 7009 revocation endpoint for pass-through revocation; when absent,
+    /// `revocation_endpoint` of the discovery document (if any).
+    pub revocation_endpoint: Option<String>,
+    /// The gateway's client id at the provider.
+    pub client_id: String,
+    /// How the gateway authenticates to the endpoint.
+    pub auth: ClientAuth,
+    /// Timeout of one introspection call (connect to last byte).
+    pub timeout: Duration,
+    /// Longest time an active result is trusted without asking again (never past `exp`).
+    pub cache_max_ttl: Duration,
+    /// How long an inactive result is remembered.
+    pub negative_ttl: Duration,
+    /// With several introspecting issuers: the one opaque tokens are sent to.
+    pub default_for_opaque: bool,
+    /// Consecutive failures (transport errors, 5xx, bad answers) that open the circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit refuses calls before one probe is let through.
+    pub breaker_open_for: Duration,
+}
+
+/// Client authentication at the introspection and revocation endpoints (RFC 7662 §2.1 defers
+/// to RFC 6749 §2.3 and OpenID Connect Core §9).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with the client id and secret.
+    SecretBasic(SecretSource),
+    /// `client_secret_post`: `client_id` and `client_secret` in the form body.
+    SecretPost(SecretSource),
+    /// `private_key_jwt` (RFC 7523 §2.2): a signed client assertion.
+    PrivateKeyJwt {
+        /// PEM private key (RSA or EC P-256).
+        key_file: PathBuf,
+        /// Signing algorithm of the assertion.
+        alg: jsonwebtoken::Algorithm,
+        /// `kid` header of the assertion, when the provider needs it.
+        kid: Option<String>,
+    },
+}
+
+/// Where a secret is read from at startup: never the YAML itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable's value.
+    Env(String),
+    /// A file's content, surrounding whitespace trimmed.
+    File(PathBuf),
+}
+
+/// In-gateway token revocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevocationConfig {
+    /// The bearer token of `POST /admin/revoke`; `None`: the endpoint answers 404.
+    pub admin_token: Option<SecretSource>,
+    /// How long a client, subject or `jti` revocation (and a token revocation whose `exp` is
+    /// not known) is kept; set it at least as long as the longest token lifetime.
+    pub entry_ttl: Duration,
+    /// Bound of the revocation list.
+    pub max_entries: u64,
+    /// Redis URL for propagating revocations to every instance (pub/sub); `None`: local only.
+    pub redis_url: Option<String>,
+    /// The pub/sub channel.
+    pub redis_channel: String,
 }
 
 /// Verified-token cache sizing.
@@ -147,6 +223,21 @@ pub struct LogConfig {
     pub level: String,
     /// `text` or `json`.
     pub json: bool,
+}
+
+// === impl RevocationConfig ===
+
+impl Default for RevocationConfig {
+    /// No admin endpoint, one-hour entries, 100 000 entries per kind, no Redis.
+    fn default() -> Self {
+        RevocationConfig {
+            admin_token: None,
+            entry_ttl: Duration::from_secs(3600),
+            max_entries: 100_000,
+            redis_url: None,
+            redis_channel: "fhirwall:revocations".to_owned(),
+        }
+    }
 }
 
 // === impl Config ===

@@ -40,6 +40,25 @@ pub struct Metrics {
     pub jwks_refreshes: IntCounterVec,
     /// `fhirwall_jwks_keys{issuer}`: keys currently loaded.
     pub jwks_keys: IntGaugeVec,
+    /// `fhirwall_token_cache_evictions_total`: entries dropped to keep the cache in bounds.
+    pub token_cache_evictions: IntCounter,
+    /// `fhirwall_introspection_requests_total{issuer,result}`: `active`, `inactive`, `error`.
+    pub introspection_requests: IntCounterVec,
+    /// `fhirwall_introspection_duration_seconds{issuer}`: one call to the endpoint.
+    pub introspection_duration: HistogramVec,
+    /// `fhirwall_introspection_negative_hits_total`: opaque tokens refused from the
+    /// negative cache without asking the provider.
+    pub introspection_negative_hits: IntCounter,
+    /// `fhirwall_introspection_circuit_rejections_total{issuer}`: calls not made because
+    /// the circuit was open.
+    pub introspection_circuit_rejections: IntCounterVec,
+    /// `fhirwall_introspection_circuit_state{issuer}`: 0 closed, 1 open, 2 half-open.
+    pub introspection_circuit_state: IntGaugeVec,
+    /// `fhirwall_revocations_total{kind,source}`: revocations applied, by what they name
+    /// (`token`, `jti`, `client`, `subject`) and where they came from (`admin`, `redis`).
+    pub revocations: IntCounterVec,
+    /// `fhirwall_revocation_list_entries`: entries in the revocation list.
+    pub revocation_entries: IntGauge,
     /// `fhirwall_audit_records_total`: records written.
     pub audit_records: IntCounter,
     /// `fhirwall_audit_write_errors_total`.
@@ -80,6 +99,23 @@ pub mod names {
     pub const JWKS_REFRESHES: &str = "fhirwall_jwks_refreshes_total";
     /// Keys loaded per issuer.
     pub const JWKS_KEYS: &str = "fhirwall_jwks_keys";
+    /// Token cache evictions for capacity.
+    pub const TOKEN_CACHE_EVICTIONS: &str = "fhirwall_token_cache_evictions_total";
+    /// Introspection calls by issuer and result.
+    pub const INTROSPECTION_REQUESTS: &str = "fhirwall_introspection_requests_total";
+    /// Introspection call latency.
+    pub const INTROSPECTION_DURATION: &str = "fhirwall_introspection_duration_seconds";
+    /// Opaque tokens refused from the negative cache.
+    pub const INTROSPECTION_NEGATIVE_HITS: &str = "fhirwall_introspection_negative_hits_total";
+    /// Calls refused by an open circuit.
+    pub const INTROSPECTION_CIRCUIT_REJECTIONS: &str =
+        "fhirwall_introspection_circuit_rejections_total";
+    /// Circuit state per issuer.
+    pub const INTROSPECTION_CIRCUIT_STATE: &str = "fhirwall_introspection_circuit_state";
+    /// Revocations applied.
+    pub const REVOCATIONS: &str = "fhirwall_revocations_total";
+    /// Revocation list size.
+    pub const REVOCATION_ENTRIES: &str = "fhirwall_revocation_list_entries";
     /// Audit records written.
     pub const AUDIT_RECORDS: &str = "fhirwall_audit_records_total";
     /// Audit write errors.
@@ -181,6 +217,40 @@ impl Metrics {
                 &["issuer", "result"],
             ),
             jwks_keys: gauge_vec(JWKS_KEYS, "Signing keys currently loaded, by issuer.", &["issuer"]),
+            token_cache_evictions: counter(
+                TOKEN_CACHE_EVICTIONS,
+                "Verified-token cache entries evicted to stay within max_entries.",
+            ),
+            introspection_requests: counter_vec(
+                INTROSPECTION_REQUESTS,
+                "RFC 7662 introspection calls, by issuer and result (active, inactive, error).",
+                &["issuer", "result"],
+            ),
+            introspection_duration: histogram_vec(
+                INTROSPECTION_DURATION,
+                "Time of one introspection call, in seconds.",
+                &["issuer"],
+            ),
+            introspection_negative_hits: counter(
+                INTROSPECTION_NEGATIVE_HITS,
+                "Opaque tokens refused from the negative cache, without asking the provider.",
+            ),
+            introspection_circuit_rejections: counter_vec(
+                INTROSPECTION_CIRCUIT_REJECTIONS,
+                "Introspection calls not made because the issuer's circuit was open.",
+                &["issuer"],
+            ),
+            introspection_circuit_state: gauge_vec(
+                INTROSPECTION_CIRCUIT_STATE,
+                "Introspection circuit breaker state: 0 closed, 1 open, 2 half-open.",
+                &["issuer"],
+            ),
+            revocations: counter_vec(
+                REVOCATIONS,
+                "Revocations applied, by kind (token, jti, client, subject) and source (admin, redis).",
+                &["kind", "source"],
+            ),
+            revocation_entries: gauge(REVOCATION_ENTRIES, "Entries in the revocation list."),
             audit_records: counter(AUDIT_RECORDS, "Audit records written to the sink."),
             audit_write_errors: counter(AUDIT_WRITE_ERRORS, "Failed writes to the audit sink."),
             audit_dropped: counter(

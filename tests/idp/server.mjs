@@ -13,7 +13,8 @@
 //   registered with one (`smart_patient`); for IDP_OPAQUE_RESOURCES it is an opaque token
 //   (introspection can only answer for those: oidc-provider does not store JWT tokens);
 // - token introspection (RFC 7662) at /token/introspection and revocation (RFC 7009) at
-//   /token/revocation;
+//   /token/revocation; the `fhirwall-gateway*` clients are the gateway as a resource server
+//   (client_secret_basic, client_secret_post, private_key_jwt with the test key rsa1);
 // - discovery at /.well-known/openid-configuration, the public keys at its jwks_uri (/jwks).
 //
 // Usage:
@@ -38,7 +39,7 @@
 //                         `access_token_ttl` overrides it
 //   DEBUG=oidc-provider:* oidc-provider's own debug log
 
-import { generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 
@@ -79,6 +80,35 @@ export const CLIENTS = [
     client_id: 'fhirwall-no-context',
     client_secret: 'no-context-secret',
     scope: 'patient/Patient.r patient/Observation.rs',
+  },
+  {
+    // The gateway itself as a resource server: it only introspects (and revokes through
+    // RFC 7009 pass-through), with each client authentication method fhirwall supports.
+    client_id: 'fhirwall-gateway',
+    client_secret: 'gateway-secret-basic',
+    scope: 'openid',
+  },
+  {
+    client_id: 'fhirwall-gateway-post',
+    client_secret: 'gateway-secret-post',
+    scope: 'openid',
+    token_endpoint_auth_method: 'client_secret_post',
+  },
+  {
+    // private_key_jwt with the public half of tests/fixtures/keys/rsa1.key.pem.
+    client_id: 'fhirwall-gateway-jwt',
+    scope: 'openid',
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'RS256',
+    jwks: {
+      keys: [{
+        ...createPublicKey(readFileSync(new URL('../fixtures/keys/rsa1.pub.pem', import.meta.url)))
+          .export({ format: 'jwk' }),
+        kid: 'gateway-rsa1',
+        use: 'sig',
+        alg: 'RS256',
+      }],
+    },
   },
   {
     // Short-lived tokens, for expiry tests.

@@ -24,6 +24,7 @@
 
 pub mod backend;
 pub mod gateway;
+pub mod idp;
 pub mod issuer;
 pub mod keys;
 pub mod server;

@@ -130,6 +130,7 @@ fn defaults_fill_every_optional_key() {
             jwks_min_refresh_interval: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(5),
             patient_claim: "patient".into(),
+            introspection: None,
         }]
     );
     assert_eq!(
@@ -417,4 +418,57 @@ fn from_str_at_resolves_paths_against_the_given_location() {
     let f = Fixture::new();
     let c = Config::from_str_at(MINIMAL, &f.path()).unwrap_or_else(|d| panic!("{d}"));
     assert_eq!(c.policy_path, f.dir.path().join("policy.yaml"));
+}
+
+#[test]
+fn introspection_and_revocation_are_read_with_their_defaults() {
+    let f = Fixture::new();
+    let src = format!(
+        "{MINIMAL}    introspection:\n      client_id: gw\n      client_secret_env: GW_SECRET\nrevocation:\n  admin_token_file: admin.token\n"
+    );
+    let (c, _) = f.load(&src).unwrap();
+    let i = c.issuers[0].introspection.as_ref().unwrap();
+    assert_eq!(i.client_id, "gw");
+    assert_eq!(
+        i.auth,
+        ClientAuth::SecretBasic(SecretSource::Env("GW_SECRET".into()))
+    );
+    assert_eq!(i.cache_max_ttl, Duration::from_secs(30));
+    assert_eq!(i.negative_ttl, Duration::from_secs(5));
+    assert_eq!(i.endpoint, None);
+    assert_eq!(
+        c.revocation.admin_token,
+        Some(SecretSource::File(f.dir.path().join("admin.token")))
+    );
+    assert_eq!(c.revocation.entry_ttl, Duration::from_secs(3600));
+}
+
+#[test]
+fn introspection_errors_are_reported_with_position_and_key() {
+    let f = Fixture::new();
+    let src = "\
+listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+policy: policy.yaml
+upstream:
+  url: http://127.0.0.1:8081
+issuers:
+  - issuer: https://a.example.org
+    audiences: [fhir]
+    introspection: { client_id: a, auth: client_secret_post, cache_max_ttl: 10m }
+  - issuer: https://b.example.org
+    audiences: [fhir]
+    introspection: { client_id: b, auth: private_key_jwt, client_secret_env: X }
+revocation: { redis_url: 'redis://127.0.0.1:6379' }
+";
+    assert_eq!(
+        f.errors(src),
+        [
+            "fhirwall.yaml:9:42 issuers[0].introspection.auth | `client_secret_post` needs the client secret: set `client_secret_env` (an environment variable name) or `client_secret_file`; the secret itself never goes in this file",
+            "fhirwall.yaml:9:77 issuers[0].introspection.cache_max_ttl | `cache_max_ttl` must be at most 5m: a revocation at the provider stays unseen for as long",
+            "fhirwall.yaml:12:42 issuers[1].introspection.auth | `private_key_jwt` needs `private_key_file` (a PEM RSA or EC P-256 private key)",
+            "fhirwall.yaml:12:78 issuers[1].introspection.client_secret_env | not used with `auth: private_key_jwt`",
+            "fhirwall.yaml:13:26 revocation.redis_url | propagating revocations through Redis is not available in this build yet; remove `redis_url` (revocations then apply to the instance that receives them)",
+        ]
+    );
 }
