@@ -352,6 +352,9 @@ async fn jwt_key_rotation_at_the_provider_is_picked_up_alongside_introspection()
     assert_eq!(get(&gateway, "/Patient/abc", &before).await.0, 200);
 
     idp.restart(&keys.only(&["new", "old"]));
+    // Past `jwks_min_refresh_interval` (1s) since the gateway's last fetch, so the unknown
+    // `kid` of the new key may trigger a refresh.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let after = idp.token(Client::System, "system/Patient.rs", None).await;
     assert_eq!(get(&gateway, "/Patient/abc", &after).await.0, 200);
     // Opaque tokens still work after the restart (a new token: the provider's memory was
