@@ -17,7 +17,7 @@ use jsonwebtoken::Algorithm;
 use super::yaml::{self, index, join, MapView, Mark, Node, Reader};
 use super::{
     AuditConfig, AuditTarget, Config, Diagnostic, Diagnostics, ForwardingConfig, IssuerConfig,
-    LogConfig, TokenCacheConfig, UpstreamConfig,
+    LogConfig, RateLimitConfig, TokenCacheConfig, UpstreamConfig,
 };
 use crate::policy::Policy;
 
@@ -33,6 +33,7 @@ const TOP_KEYS: &[&str] = &[
     "audit",
     "forwarding",
     "log",
+    "rate_limit",
 ];
 const UPSTREAM_KEYS: &[&str] = &[
     "url",
@@ -200,6 +201,7 @@ struct Parts {
     audit: AuditConfig,
     forwarding: ForwardingConfig,
     log: LogConfig,
+    rate_limit: RateLimitConfig,
 }
 
 impl Parts {
@@ -216,6 +218,7 @@ impl Parts {
             audit,
             forwarding,
             log,
+            rate_limit,
         } = self;
         Config {
             source: source.to_path_buf(),
@@ -229,6 +232,7 @@ impl Parts {
             audit,
             forwarding,
             log,
+            rate_limit,
             policy_path: policy_path.map(|(p, _, _)| p).unwrap_or_default(),
             policy,
         }
@@ -399,6 +403,8 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
         })
     });
 
+    let rate_limit = crate::ratelimit::spec::read_config(r, top.get("rate_limit"));
+
     Some(Parts {
         listen: listen?,
         admin_listen: admin_listen?,
@@ -411,6 +417,7 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
         audit: audit?,
         forwarding: forwarding?,
         log: log?,
+        rate_limit: rate_limit?,
     })
 }
 
