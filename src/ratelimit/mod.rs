@@ -332,23 +332,25 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 
     /// The address a request is counted under: the TCP peer, or, with
-    /// `forwarding.trust_forwarded_for`, the last valid address of `X-Forwarded-For` (the one
-    /// the trusted proxy in front appended; earlier entries are the client's to forge).
+    /// `forwarding.trust_forwarded_for`, the last address of `X-Forwarded-For` (the one the
+    /// trusted proxy in front appended; earlier entries are the client's to forge).
     pub fn client_address(
         &self,
         peer: Option<IpAddr>,
         headers: &http::HeaderMap,
     ) -> Option<IpAddr> {
         if self.trust_forwarded_for {
-            let forwarded = headers
+            // Only the last entry was written by the trusted proxy; if it is not an address,
+            // nothing earlier is trustworthy either.
+            let last = headers
                 .get_all("x-forwarded-for")
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-                .last();
-            if forwarded.is_some() {
-                return forwarded;
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|s| s.trim().parse::<IpAddr>().ok());
+            if last.is_some() {
+                return last;
             }
         }
         peer
@@ -538,9 +540,11 @@ impl<C: Clock + Clone> Limiter<C> {
                 &prints,
                 touched.overflow,
                 self.elapsed_nanos(),
-                guard.local_limit,
-                spec.window,
-                spec.action,
+                patients::GuardRule {
+                    limit: guard.local_limit,
+                    window: spec.window,
+                    action: spec.action,
+                },
             )
         });
         let GuardOutcome::Over {

@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -160,7 +160,7 @@ fn has_bad_escape(s: &str) -> bool {
 
 impl<'a> Touched<'a> {
     fn push(&mut self, id: Cow<'a, str>) {
-        if self.ids.iter().any(|x| *x == id) {
+        if self.ids.contains(&id) {
             return;
         }
         if self.ids.len() >= MAX_PATIENTS_PER_REQUEST {
@@ -194,6 +194,17 @@ pub enum GuardOutcome {
     },
 }
 
+/// The limit a [`GuardStore`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardRule {
+    /// Distinct patients allowed per window.
+    pub limit: u32,
+    /// The sliding window.
+    pub window: Duration,
+    /// What happens past the limit.
+    pub action: GuardAction,
+}
+
 /// Per-key sliding-window sets of patient fingerprints, sharded. Times are nanoseconds on
 /// the caller's clock.
 pub struct GuardStore {
@@ -223,22 +234,24 @@ impl GuardStore {
 
     /// A fingerprint of a patient id (keyed per process; ids never stay in memory).
     pub fn fingerprint(&self, id: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(id)
     }
 
-    /// Counts `patients` (fingerprints) for `key` at `now` against `limit` per `window`.
+    /// Counts `patients` (fingerprints; `overflow` when the request named too many) for `key`
+    /// at `now` against `rule`.
     pub fn check(
         &self,
         key: u64,
         patients: &[u64],
         overflow: bool,
         now: u64,
-        limit: u32,
-        window: Duration,
-        action: GuardAction,
+        rule: GuardRule,
     ) -> GuardOutcome {
+        let GuardRule {
+            limit,
+            window,
+            action,
+        } = rule;
         let window = window.as_nanos() as u64;
         // Entries seen at or before `cutoff` have left the window (none, early on).
         let cutoff = now.checked_sub(window);
@@ -415,6 +428,14 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
+    fn rule(limit: u32, window: Duration, action: GuardAction) -> GuardRule {
+        GuardRule {
+            limit,
+            window,
+            action,
+        }
+    }
+
     #[test]
     fn the_guard_trips_at_the_configured_count_and_recovers_as_the_window_slides() {
         let g = GuardStore::new(10);
@@ -422,7 +443,7 @@ mod tests {
         let deny = GuardAction::Deny;
         for i in 0..3u64 {
             assert_eq!(
-                g.check(1, &[i], false, i * S, 3, w, deny),
+                g.check(1, &[i], false, i * S, rule(3, w, deny)),
                 GuardOutcome::Within {
                     distinct: i as u32 + 1
                 }
@@ -430,12 +451,12 @@ mod tests {
         }
         // Already-seen patients never count twice.
         assert_eq!(
-            g.check(1, &[0, 2], false, 10 * S, 3, w, deny),
+            g.check(1, &[0, 2], false, 10 * S, rule(3, w, deny)),
             GuardOutcome::Within { distinct: 3 }
         );
         // The fourth distinct patient trips; patient 1 (seen at 1 s) leaves at 61 s.
         assert_eq!(
-            g.check(1, &[9], false, 20 * S, 3, w, deny),
+            g.check(1, &[9], false, 20 * S, rule(3, w, deny)),
             GuardOutcome::Over {
                 distinct: 3,
                 retry_after: Duration::from_secs(41)
@@ -443,17 +464,17 @@ mod tests {
         );
         // Denied: nothing was recorded, so the same request is refused again.
         assert!(matches!(
-            g.check(1, &[9], false, 30 * S, 3, w, deny),
+            g.check(1, &[9], false, 30 * S, rule(3, w, deny)),
             GuardOutcome::Over { .. }
         ));
         // Another key is independent.
         assert!(matches!(
-            g.check(2, &[9], false, 30 * S, 3, w, deny),
+            g.check(2, &[9], false, 30 * S, rule(3, w, deny)),
             GuardOutcome::Within { .. }
         ));
         // Once patient 1 left the window there is room again.
         assert_eq!(
-            g.check(1, &[9], false, 62 * S, 3, w, deny),
+            g.check(1, &[9], false, 62 * S, rule(3, w, deny)),
             GuardOutcome::Within { distinct: 3 }
         );
     }
@@ -463,11 +484,11 @@ mod tests {
         let g = GuardStore::new(10);
         let w = Duration::from_secs(60);
         for i in 0..2u64 {
-            g.check(1, &[i], false, 0, 2, w, GuardAction::Alert);
+            g.check(1, &[i], false, 0, rule(2, w, GuardAction::Alert));
         }
         for i in 2..50u64 {
             assert!(matches!(
-                g.check(1, &[i], false, S, 2, w, GuardAction::Alert),
+                g.check(1, &[i], false, S, rule(2, w, GuardAction::Alert)),
                 GuardOutcome::Over { distinct: 2, .. }
             ));
         }
@@ -484,9 +505,7 @@ mod tests {
                 &[1],
                 true,
                 0,
-                100,
-                Duration::from_secs(60),
-                GuardAction::Deny
+                rule(100, Duration::from_secs(60), GuardAction::Deny)
             ),
             GuardOutcome::Over { .. }
         ));
@@ -497,7 +516,7 @@ mod tests {
         let g = GuardStore::new(SHARDS);
         let w = Duration::from_secs(60);
         for k in 0..(SHARDS as u64 * 5) {
-            g.check(k, &[1], false, k, 10, w, GuardAction::Deny);
+            g.check(k, &[1], false, k, rule(10, w, GuardAction::Deny));
         }
         assert_eq!(g.len(), SHARDS);
         g.prune(1000 * S, w);

@@ -206,6 +206,10 @@ pub fn parse_rate(s: &str) -> Result<(u32, Duration), String> {
             "invalid rate `{s}`: the period can be at most 168h (7 days)"
         ));
     }
+    // Shared state keeps times in microseconds (Lua numbers are doubles).
+    if u64::from(count) > period.as_secs() * 1_000_000 {
+        return Err(format!("invalid rate `{s}`: at most 1000000 per second"));
+    }
     Ok((count, period))
 }
 
