@@ -334,11 +334,8 @@ async fn forwarded_addresses_are_used_only_when_trusted() {
     )
     .unwrap();
     let mut headers = http::HeaderMap::new();
-    headers.append(
-        "x-forwarded-for",
-        "203.0.113.9, 198.51.100.7".parse().unwrap(),
-    );
-    headers.append("x-forwarded-for", "garbage".parse().unwrap());
+    headers.append("x-forwarded-for", "203.0.113.9, 10.9.9.9".parse().unwrap());
+    headers.append("x-forwarded-for", "198.51.100.7".parse().unwrap());
     let peer = Some(ADDR);
     for (trust, expected) in [(true, "198.51.100.7"), (false, "192.0.2.1")] {
         let l = Limiter::new(
@@ -354,6 +351,17 @@ async fn forwarded_addresses_are_used_only_when_trusted() {
             Some(expected.parse().unwrap())
         );
     }
+    // A last entry that is not an address: the peer, never an earlier (forgeable) entry.
+    headers.append("x-forwarded-for", "unknown".parse().unwrap());
+    let l = Limiter::new(
+        policy.rate_limits(),
+        "",
+        &RateLimitConfig::default(),
+        true,
+        None,
+    )
+    .unwrap();
+    assert_eq!(l.client_address(peer, &headers), peer);
 }
 
 #[tokio::test]
