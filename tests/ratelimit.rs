@@ -147,6 +147,8 @@ async fn failed_authentication_attempts_are_limited_per_address() {
     for guess in &guesses {
         let r = get(&gateway.url("/Patient/123"), Some(guess)).await;
         assert_eq!(r.status(), 401);
+        // Counted, but not advertised unless `headers_on_allowed` says so.
+        assert!(header(&r, "ratelimit").is_none());
     }
     // The fourth attempt from this address is refused before its token is even looked at:
     // a valid token does not help, and neither does no token at all.

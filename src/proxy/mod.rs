@@ -305,8 +305,14 @@ impl ProxyHttp for Gateway {
         ctx.decision = Some(decision);
         match denied {
             Some(answer) => {
-                // draft-ietf-httpapi-ratelimit-headers-10 §6: the fields may accompany the 429.
-                let limits = ctx.limits.header_values();
+                // draft-ietf-httpapi-ratelimit-headers-10 §6: the fields accompany a quota's 429,
+                // and other refusals only when configured for every response.
+                let limits =
+                    if ctx.limits.refused_quota().is_some() || rt.limiter.headers_on_allowed() {
+                        ctx.limits.header_values()
+                    } else {
+                        None
+                    };
                 let extra = match &limits {
                     Some((policy, state)) => {
                         vec![
