@@ -87,42 +87,54 @@ fn xorshift(x: &mut u64) -> u64 {
     *x
 }
 
-/// Prints RSS and bytes per key for one quota with a million keys.
+/// Prints RSS and bytes per key for one quota with a million keys, then shows that a quota
+/// capped at a million keys does not grow past it under three million distinct keys.
 fn memory_report() {
     const N: usize = 1_000_000;
     let clock = FakeRelativeClock::default();
-    let before = rss();
-    // 1 unit per hour: every key stays limited (nothing prunable) during the measurement.
-    let quota = LocalQuota::new(1, Duration::from_secs(3600), 1, N, clock.clone());
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
+
+    // 1 unit per hour, clock stopped: every key stays limited, nothing is prunable.
+    let before = rss();
+    let quota = LocalQuota::new(1, Duration::from_secs(3600), 1, 2 * N, clock.clone());
     for _ in 0..N {
         let _ = quota.check(xorshift(&mut x), 1);
     }
     let full = rss();
-    let keys = quota.len();
     println!(
-        "memory: {keys} keys in one quota: RSS {:.1} MiB -> {:.1} MiB, {:.1} bytes per key",
+        "memory: {} keys in one quota (max_keys {}): RSS {:.1} MiB -> {:.1} MiB, {:.1} bytes per key",
+        quota.len(),
+        2 * N,
         before as f64 / 1048576.0,
         full as f64 / 1048576.0,
-        (full - before) as f64 / keys as f64
+        (full - before) as f64 / quota.len() as f64
     );
+
+    let capped = LocalQuota::new(1, Duration::from_secs(3600), 1, N, clock.clone());
     for _ in 0..N {
-        let _ = quota.check(xorshift(&mut x), 1);
+        let _ = capped.check(xorshift(&mut x), 1);
+    }
+    let at_cap = rss();
+    for _ in 0..2 * N {
+        let _ = capped.check(xorshift(&mut x), 1);
     }
     let after = rss();
     println!(
-        "memory: +{N} more distinct keys (cap {N}): {} keys held, {} evicted, RSS {:.1} MiB (+{:.1} MiB)",
-        quota.len(),
-        quota.evictions(),
-        after as f64 / 1048576.0,
-        (after as f64 - full as f64) / 1048576.0
+        "memory: max_keys {N}, {} distinct keys: {} held, {} evicted; RSS +{:.1} MiB for the first {N}, +{:.1} MiB for the next {}",
+        3 * N,
+        capped.len(),
+        capped.evictions(),
+        (at_cap - full) as f64 / 1048576.0,
+        (after as f64 - at_cap as f64) / 1048576.0,
+        2 * N
     );
     clock.advance(Duration::from_secs(3 * 3600));
     quota.prune();
+    capped.prune();
     println!(
-        "memory: after prune: {} keys held, RSS {:.1} MiB (freed memory stays with the allocator)",
+        "memory: after prune: {} + {} keys held",
         quota.len(),
-        rss() as f64 / 1048576.0
+        capped.len()
     );
 }
 
