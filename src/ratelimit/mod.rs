@@ -612,7 +612,8 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 
     fn redis_failed(&self, e: &shared::SharedError) {
-        if let Some(m) = &self.metrics {
+        // `Down`: Redis was lost between the check and the call; nothing was attempted.
+        if let (Some(m), false) = (&self.metrics, matches!(e, shared::SharedError::Down)) {
             m.ratelimit_redis_errors.inc();
         }
         tracing::debug!(error = %e, "rate-limit check answered locally");
