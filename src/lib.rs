@@ -6,9 +6,11 @@
 //!  client ──▶ proxy::Gateway::request_filter
 //!              │ policy::path     refuse paths that could mean two things (400)
 //!              │ policy::Policy::route   compiled trie: method + path -> route (default deny)
+//!              │ ratelimit::Limiter      per-address quotas (before the token is looked at)
 //!              │ auth::bearer     RFC 6750 header parsing (query-string tokens refused)
 //!              │ auth::Authenticator     JWT against the issuer's JWKS, behind a moka cache
 //!              │ policy::Policy::authorize   SMART scopes + patient context -> Decision
+//!              │ ratelimit::Limiter      per-client/subject quotas, distinct-patients guard
 //!              ▼
 //!           Decision (one value, in the request context)
 //!              │ Allow ──▶ proxy::upstream (X-Forwarded-*, X-Request-Id) ──▶ FHIR backend
@@ -33,4 +35,5 @@ pub mod dev;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, Runtime};
+use crate::ratelimit::Limiter;
 
 /// Seconds in-flight requests get to finish after SIGTERM.
 const GRACE_PERIOD_SECS: u64 = 10;
@@ -31,7 +32,7 @@ const GRACE_PERIOD_SECS: u64 = 10;
 /// pingora ends the process itself.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(&config)?));
+    let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(&config, &metrics)?));
     metrics
         .policy_info
         .with_label_values(&[config.policy.version()])
@@ -92,6 +93,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         auth: auth.clone(),
         audit: audit.clone(),
     });
+    let limiter = runtime.load().limiter.clone();
     let gateway = Gateway::new(runtime, auth.clone(), audit, metrics.clone());
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -107,6 +109,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // Keeps writing through the shutdown grace period, so requests that finish while
         // draining are still recorded (records reach the file within `flush_interval`).
         Task::new(async move { audit_writer.run().await }).outliving_shutdown(),
+    ));
+    server.add_service(background_service(
+        "rate limits",
+        // Prunes idle keys; connects to and probes Redis when configured.
+        Task::new(async move { limiter.run().await }),
     ));
     server.add_service(background_service(
         "jwks refresh",
@@ -146,12 +153,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Compiles the per-request runtime from a configuration.
-pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
+pub fn build_runtime(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Runtime> {
+    let limiter = Limiter::new(
+        config.policy.rate_limits(),
+        config.policy.base_path(),
+        &config.rate_limit,
+        config.forwarding.trust_forwarded_for,
+        Some(metrics.clone()),
+    )?;
     Ok(Runtime {
         policy: config.policy.clone(),
         upstream: Upstream::new(&config.upstream, &config.forwarding)?,
         realm: config.realm.as_str().into(),
         audit_allow_query: config.audit.allow_query_params.clone(),
+        limiter: Arc::new(limiter),
     })
 }
 
@@ -184,6 +199,8 @@ impl HealthSource for Health {
             },
             self.audit.readiness_check(),
         ];
+        // Degraded but ready: without Redis each instance still limits on its own.
+        checks.extend(self.runtime.load().limiter.readiness());
         checks.extend(issuers);
         // An open circuit does not fail readiness: every instance shares the provider, so
         // taking them out of rotation would also stop the cached tokens they can still serve.

@@ -17,7 +17,7 @@ mod output;
 mod record;
 mod writer;
 
-pub use record::{redact_query, AuditRecord};
+pub use record::{redact_query, AuditRecord, RateLimitNote};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

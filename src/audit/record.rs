@@ -58,6 +58,23 @@ pub struct AuditRecord {
     pub bytes_out: u64,
     /// Content hash of the policy that decided.
     pub policy_version: String,
+    /// The rate limit that refused the request, or the distinct-patients alert it raised;
+    /// absent when no rate limit had anything to say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitNote>,
+}
+
+/// A rate-limit event in an audit record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RateLimitNote {
+    /// The quota id, or `distinct_patients`.
+    pub quota: String,
+    /// `deny` (the request was refused, 429) or `alert` (served, over the distinct-patients
+    /// limit in alert mode).
+    pub action: &'static str,
+    /// Seconds the client was told to wait (`Retry-After`), for refusals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
 }
 
 /// Replaces the value of every query parameter not in `allow` with `REDACTED`; parameter

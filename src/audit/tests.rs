@@ -43,6 +43,7 @@ fn record(i: usize) -> AuditRecord {
         bytes_in: 0,
         bytes_out: 42,
         policy_version: "abc".to_owned(),
+        rate_limit: None,
     }
 }
 

@@ -17,8 +17,8 @@ use jsonwebtoken::Algorithm;
 use super::yaml::{self, index, join, MapView, Mark, Node, Reader};
 use super::{
     AuditConfig, AuditTarget, ClientAuth, Config, Diagnostic, Diagnostics, ForwardingConfig,
-    IntrospectionConfig, IssuerConfig, LogConfig, RevocationConfig, SecretSource, TokenCacheConfig,
-    UpstreamConfig,
+    IntrospectionConfig, IssuerConfig, LogConfig, RateLimitConfig, RevocationConfig, SecretSource,
+    TokenCacheConfig, UpstreamConfig,
 };
 use crate::policy::Policy;
 
@@ -35,6 +35,7 @@ const TOP_KEYS: &[&str] = &[
     "audit",
     "forwarding",
     "log",
+    "rate_limit",
 ];
 const UPSTREAM_KEYS: &[&str] = &[
     "url",
@@ -232,6 +233,7 @@ struct Parts {
     audit: AuditConfig,
     forwarding: ForwardingConfig,
     log: LogConfig,
+    rate_limit: RateLimitConfig,
 }
 
 impl Parts {
@@ -249,6 +251,7 @@ impl Parts {
             audit,
             forwarding,
             log,
+            rate_limit,
         } = self;
         Config {
             source: source.to_path_buf(),
@@ -263,6 +266,7 @@ impl Parts {
             audit,
             forwarding,
             log,
+            rate_limit,
             policy_path: policy_path.map(|(p, _, _)| p).unwrap_or_default(),
             policy,
         }
@@ -439,6 +443,8 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
         })
     });
 
+    let rate_limit = crate::ratelimit::spec::read_config(r, top.get("rate_limit"));
+
     Some(Parts {
         listen: listen?,
         admin_listen: admin_listen?,
@@ -452,6 +458,7 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
         audit: audit?,
         forwarding: forwarding?,
         log: log?,
+        rate_limit: rate_limit?,
     })
 }
 

@@ -45,6 +45,8 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     /// Operational log settings.
     pub log: LogConfig,
+    /// Rate-limit state: local, or shared through Redis (the quotas are in the policy).
+    pub rate_limit: RateLimitConfig,
     /// Path of the policy file (resolved).
     pub policy_path: PathBuf,
     /// The compiled policy.
@@ -236,6 +238,48 @@ impl Default for RevocationConfig {
             max_entries: 100_000,
             redis_url: None,
             redis_channel: "fhirwall:revocations".to_owned(),
+        }
+    }
+}
+
+/// Where rate-limit state lives and how it is reported. The quotas themselves are in the
+/// policy file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// Send `RateLimit-Policy` / `RateLimit` on allowed responses too (they are always sent
+    /// on 429s).
+    pub headers_on_allowed: bool,
+    /// Most keys one quota keeps in memory; past it the keys closest to a fresh state are
+    /// evicted.
+    pub max_keys: usize,
+    /// How often keys whose state is back to fresh are dropped.
+    pub prune_interval: Duration,
+    /// Share the quotas between instances through Redis; `None`: each instance limits alone.
+    pub redis: Option<RedisConfig>,
+}
+
+/// Shared rate-limit state in Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]`.
+    pub url: String,
+    /// Prefix of every key fhirwall writes.
+    pub key_prefix: String,
+    /// Longest a rate-limit check waits for Redis before the local limits answer.
+    pub timeout: Duration,
+    /// Share of each quota one instance admits on its own while Redis is unreachable (0..=1).
+    pub local_share: f64,
+    /// How often an unreachable Redis is tried again.
+    pub retry_interval: Duration,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            headers_on_allowed: false,
+            max_keys: 1_000_000,
+            prune_interval: Duration::from_secs(10),
+            redis: None,
         }
     }
 }

@@ -73,6 +73,22 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// `fhirwall_build_info{version}`.
     pub build_info: IntGaugeVec,
+    /// `fhirwall_rate_limited_total{quota}`: requests refused by a quota (or
+    /// `distinct_patients`).
+    pub rate_limited: IntCounterVec,
+    /// `fhirwall_distinct_patients_exceeded_total{action}`: requests over the distinct-patients
+    /// limit, by `deny` or `alert`.
+    pub distinct_patients_exceeded: IntCounterVec,
+    /// `fhirwall_ratelimit_mode{mode}`: 1 for the mode in force (`local`, `shared` through
+    /// Redis, or `fallback` to local shares while Redis is unreachable).
+    pub ratelimit_mode: IntGaugeVec,
+    /// `fhirwall_ratelimit_redis_errors_total`: shared checks answered locally after a Redis
+    /// failure or timeout.
+    pub ratelimit_redis_errors: IntCounter,
+    /// `fhirwall_ratelimit_keys{quota}`: keys held in memory by a quota (after the last prune).
+    pub ratelimit_keys: IntGaugeVec,
+    /// `fhirwall_ratelimit_evictions_total{quota}`: keys evicted because a quota's store was full.
+    pub ratelimit_evictions: IntCounterVec,
 }
 
 /// Metric names, one place for docs and dashboards.
@@ -130,6 +146,18 @@ pub mod names {
     pub const READY: &str = "fhirwall_ready";
     /// Build information.
     pub const BUILD_INFO: &str = "fhirwall_build_info";
+    /// Rate-limit refusals by quota.
+    pub const RATE_LIMITED: &str = "fhirwall_rate_limited_total";
+    /// Distinct-patients limit exceeded, by action.
+    pub const DISTINCT_PATIENTS_EXCEEDED: &str = "fhirwall_distinct_patients_exceeded_total";
+    /// Rate-limit mode in force.
+    pub const RATELIMIT_MODE: &str = "fhirwall_ratelimit_mode";
+    /// Redis failures of shared rate-limit checks.
+    pub const RATELIMIT_REDIS_ERRORS: &str = "fhirwall_ratelimit_redis_errors_total";
+    /// Keys held per quota.
+    pub const RATELIMIT_KEYS: &str = "fhirwall_ratelimit_keys";
+    /// Keys evicted per quota.
+    pub const RATELIMIT_EVICTIONS: &str = "fhirwall_ratelimit_evictions_total";
 }
 
 // === impl Metrics ===
@@ -261,6 +289,35 @@ impl Metrics {
             policy_info: gauge_vec(POLICY_INFO, "The active policy version (content hash).", &["version"]),
             ready: gauge(READY, "1 when the gateway is ready to serve (policy and keys loaded)."),
             build_info: gauge_vec(BUILD_INFO, "Build information.", &["version"]),
+            rate_limited: counter_vec(
+                RATE_LIMITED,
+                "Requests refused with 429, by quota id (`distinct_patients` for the guard).",
+                &["quota"],
+            ),
+            distinct_patients_exceeded: counter_vec(
+                DISTINCT_PATIENTS_EXCEEDED,
+                "Requests over the distinct-patients limit, by action (deny or alert).",
+                &["action"],
+            ),
+            ratelimit_mode: gauge_vec(
+                RATELIMIT_MODE,
+                "1 for the rate-limit mode in force: local, shared (Redis), or fallback (Redis unreachable).",
+                &["mode"],
+            ),
+            ratelimit_redis_errors: counter(
+                RATELIMIT_REDIS_ERRORS,
+                "Shared rate-limit checks answered locally after a Redis error or timeout.",
+            ),
+            ratelimit_keys: gauge_vec(
+                RATELIMIT_KEYS,
+                "Keys held in memory per quota, after the last prune.",
+                &["quota"],
+            ),
+            ratelimit_evictions: counter_vec(
+                RATELIMIT_EVICTIONS,
+                "Keys evicted because a quota's store reached rate_limit.max_keys.",
+                &["quota"],
+            ),
             registry,
         };
         m.build_info

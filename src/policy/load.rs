@@ -31,7 +31,13 @@ use crate::config::Diagnostics;
 /// The only policy format version this build reads.
 const FORMAT_VERSION: u64 = 1;
 
-const TOP_KEYS: &[&str] = &["version", "base_path", "routes"];
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "base_path",
+    "routes",
+    "quotas",
+    "distinct_patients",
+];
 const ROUTE_KEYS: &[&str] = &[
     "id",
     "description",
@@ -77,6 +83,11 @@ pub(super) fn compile(src: &str, file: &Path) -> Result<Policy, Diagnostics> {
         None => Some(Pattern::default()),
         Some(node) => base_path(&mut r, node),
     };
+    let base_text = top
+        .get("base_path")
+        .and_then(|n| n.as_scalar())
+        .unwrap_or("")
+        .to_owned();
 
     let mut candidates = Vec::new();
     if let Some(routes) = r.required(&top, "", "routes") {
@@ -126,11 +137,20 @@ pub(super) fn compile(src: &str, file: &Path) -> Result<Policy, Diagnostics> {
         }
     }
 
+    // Quotas may name routes; every route id is known once the routes are read (a quota
+    // naming a route that failed to compile is reported too, which is harmless).
+    let route_ids: Vec<Arc<str>> = routes.iter().map(|r| r.id.clone()).collect();
+    let rate_limits = crate::ratelimit::spec::read_policy(&mut r, &top, &route_ids);
+
     // Checks run key by key; report in file order.
     r.diags.0.sort_by_key(|d| (d.line, d.col));
     if r.has_errors() {
         return Err(r.diags);
     }
+    let Some(rate_limits) = rate_limits else {
+        // Unreachable: `None` always comes with an error.
+        return Err(r.diags);
+    };
     let digest = Sha256::digest(src.as_bytes());
     let version = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     Ok(Policy {
@@ -138,6 +158,8 @@ pub(super) fn compile(src: &str, file: &Path) -> Result<Policy, Diagnostics> {
         routes: routes.into_boxed_slice(),
         trie,
         warnings: r.diags,
+        base_path: base_text.into(),
+        rate_limits,
     })
 }
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use crate::auth::Principal;
 use crate::config::{Diagnostic, Diagnostics};
+use crate::ratelimit::spec::RateLimitPolicy;
 
 use self::patient::PatientBinding;
 use self::route::{Captures, Trie};
@@ -37,6 +38,10 @@ pub struct Policy {
     routes: Box<[Route]>,
     trie: Trie,
     warnings: Diagnostics,
+    /// The literal `base_path` (`""` when none).
+    base_path: Box<str>,
+    /// `quotas:` and `distinct_patients:`.
+    rate_limits: RateLimitPolicy,
 }
 
 /// One compiled route.
@@ -98,6 +103,16 @@ impl Policy {
     /// records and the info metric.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The policy's `base_path` (`""` when it has none).
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    /// The policy's quotas and distinct-patients guard.
+    pub fn rate_limits(&self) -> &RateLimitPolicy {
+        &self.rate_limits
     }
 
     /// Every route id, in file order, for pre-registering metric labels.

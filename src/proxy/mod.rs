@@ -32,6 +32,7 @@ use crate::audit::{redact_query, AuditRecord, AuditSink};
 use crate::auth::{bearer, Authenticator, Principal};
 use crate::metrics::{method_label, status_class, Metrics};
 use crate::policy::{Decision, Denial, DenyReason, Policy};
+use crate::ratelimit::{Limiter, RequestKeys, RequestLimits, RATELIMIT, RATELIMIT_POLICY};
 use respond::{Answer, UpstreamFailure};
 use upstream::{Upstream, METHOD_OVERRIDE_HEADERS, X_REQUEST_ID};
 
@@ -46,6 +47,8 @@ pub struct Runtime {
     pub realm: Arc<str>,
     /// Query parameters whose values audit records may keep.
     pub audit_allow_query: Vec<String>,
+    /// The policy's quotas and distinct-patients guard, with their state.
+    pub limiter: Arc<Limiter>,
 }
 
 /// The gateway: fhirwall's [`ProxyHttp`] implementation.
@@ -66,6 +69,8 @@ pub struct RequestCtx {
     decision: Option<Decision>,
     upstream_sent: Option<Instant>,
     upstream_status: Option<u16>,
+    /// What the rate limiter said (response headers, audit).
+    limits: RequestLimits,
 }
 
 // === impl Gateway ===
@@ -110,6 +115,30 @@ impl Gateway {
             Ok(m) => m,
             Err(denial) => return Decision::Deny(denial),
         };
+        // Per-address quotas run before the token is looked at, so failed authentication
+        // attempts are counted (and slowed) too.
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let keys = RequestKeys {
+            method: &req.method,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            route: m.route_id(),
+            address: rt.limiter.client_address(peer, &req.headers),
+            principal: None,
+        };
+        match rt.limiter.check_before_auth(&keys).await {
+            Ok(admitted) => ctx.limits.admit(admitted),
+            Err(limited) => {
+                return Decision::Deny(
+                    ctx.limits
+                        .refuse(limited)
+                        .on_route(m.route_id().clone(), m.required().clone()),
+                )
+            }
+        }
         let token = match bearer::extract(&req.headers, req.uri.query()) {
             Ok(t) => t,
             Err(e) => {
@@ -134,6 +163,27 @@ impl Gateway {
                 let d = rt
                     .policy
                     .authorize(&m, req.uri.path(), req.uri.query(), Some(&principal));
+                // Client and subject quotas count only what the policy would forward.
+                let d = match d {
+                    Decision::Allow(permit) => {
+                        let keys = RequestKeys {
+                            principal: Some(&principal),
+                            ..keys
+                        };
+                        match rt.limiter.check_after_auth(&keys).await {
+                            Ok(admitted) => {
+                                ctx.limits.admit(admitted);
+                                Decision::Allow(permit)
+                            }
+                            Err(limited) => Decision::Deny(
+                                ctx.limits
+                                    .refuse(limited)
+                                    .on_route(m.route_id().clone(), m.required().clone()),
+                            ),
+                        }
+                    }
+                    deny => deny,
+                };
                 ctx.principal = Some(principal);
                 d
             }
@@ -205,6 +255,7 @@ impl Gateway {
             policy_version: rt
                 .map(|r| r.policy.version().to_owned())
                 .unwrap_or_default(),
+            rate_limit: ctx.limits.audit_note(),
         }
     }
 }
@@ -223,6 +274,7 @@ impl ProxyHttp for Gateway {
             decision: None,
             upstream_sent: None,
             upstream_status: None,
+            limits: RequestLimits::default(),
         }
     }
 
@@ -253,7 +305,24 @@ impl ProxyHttp for Gateway {
         ctx.decision = Some(decision);
         match denied {
             Some(answer) => {
-                answer.write(session, &ctx.request_id).await?;
+                // draft-ietf-httpapi-ratelimit-headers-10 §6: the fields accompany a quota's 429,
+                // and other refusals only when configured for every response.
+                let limits =
+                    if ctx.limits.refused_quota().is_some() || rt.limiter.headers_on_allowed() {
+                        ctx.limits.header_values()
+                    } else {
+                        None
+                    };
+                let extra = match &limits {
+                    Some((policy, state)) => {
+                        vec![
+                            (RATELIMIT_POLICY, policy.as_str()),
+                            (RATELIMIT, state.as_str()),
+                        ]
+                    }
+                    None => Vec::new(),
+                };
+                answer.write_with(session, &ctx.request_id, &extra).await?;
                 Ok(true)
             }
             None => Ok(false),
@@ -324,6 +393,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if ctx
+            .runtime
+            .as_ref()
+            .is_some_and(|rt| rt.limiter.headers_on_allowed())
+        {
+            if let Some((policy, state)) = ctx.limits.header_values() {
+                // Appended, not replaced: limits the backend advertises itself still apply
+                // (draft-ietf-httpapi-ratelimit-headers-10 §7.2), and SF lists may span lines.
+                upstream_response.append_header(RATELIMIT_POLICY, policy)?;
+                upstream_response.append_header(RATELIMIT, state)?;
+            }
+        }
         Ok(())
     }
 

@@ -172,6 +172,16 @@ impl Answer {
 
     /// Writes the answer to the client. `HEAD` requests get the headers only.
     pub async fn write(&self, session: &mut Session, request_id: &str) -> pingora::Result<()> {
+        self.write_with(session, request_id, &[]).await
+    }
+
+    /// [`Answer::write`] with extra response fields (e.g. `RateLimit` on a 429).
+    pub async fn write_with(
+        &self,
+        session: &mut Session,
+        request_id: &str,
+        extra: &[(&'static str, &str)],
+    ) -> pingora::Result<()> {
         let head = session.req_header().method == http::Method::HEAD;
         let body = self.body();
         let mut resp = ResponseHeader::build(self.status, Some(6))?;
@@ -184,6 +194,9 @@ impl Answer {
         }
         if let Some(secs) = self.retry_after {
             resp.insert_header(http::header::RETRY_AFTER, secs)?;
+        }
+        for (name, value) in extra {
+            resp.append_header(*name, *value)?;
         }
         session.write_response_header(Box::new(resp), head).await?;
         if !head {
