@@ -163,6 +163,13 @@ impl RedisPropagation {
             super::revocation::hex(&bytes)
         };
         metrics.revocation_pubsub_connected.set(0);
+        // Every series exists from the start, so a rate() over it has a zero to start from.
+        for via in ["message", "resync"] {
+            metrics.revocation_pubsub_received.with_label_values(&[via]);
+        }
+        for op in ["publish", "subscribe", "message"] {
+            metrics.revocation_pubsub_errors.with_label_values(&[op]);
+        }
         Ok(RedisPropagation {
             client,
             url: url.to_owned(),
