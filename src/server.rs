@@ -1,5 +1,6 @@
 //! Wiring: a validated [`Config`] becomes pingora services — the proxy, the admin listener,
-//! the JWKS refresher and the audit writer — and runs until a signal stops it.
+//! the JWKS refresher, the audit writer and the revocation subscriber — and runs until a
+//! signal stops it.
 //!
 //! pingora's signal handling applies: SIGTERM drains in-flight requests (graceful), SIGINT
 //! stops at once, SIGQUIT hands the listeners to a new process (`--upgrade`).
@@ -18,7 +19,7 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::{self, Check, HealthSource};
 use crate::audit::AuditSink;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, RedisPropagation};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
@@ -46,6 +47,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         )
         .context("setting up token introspection")?,
     );
+    // Revocations shared with the other instances, when Redis is configured.
+    let propagation = match &config.revocation.redis_url {
+        None => None,
+        Some(url) => Some(Arc::new(
+            RedisPropagation::new(
+                url,
+                &config.revocation.redis_channel,
+                config.revocation.max_entries,
+                auth.clone(),
+                metrics.clone(),
+            )
+            .context("setting up revocation propagation through Redis")?,
+        )),
+    };
     let revoke = match &config.revocation.admin_token {
         None => None,
         Some(source) => {
@@ -59,7 +74,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 &token,
                 auth.clone(),
                 config.revocation.entry_ttl,
-                None,
+                propagation.clone().map(|p| p as Arc<dyn admin::Propagate>),
             )))
         }
     };
@@ -92,6 +107,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         runtime: runtime.clone(),
         auth: auth.clone(),
         audit: audit.clone(),
+        propagation: propagation.clone(),
     });
     let limiter = runtime.load().limiter.clone();
     let gateway = Gateway::new(runtime, auth.clone(), audit, metrics.clone());
@@ -115,6 +131,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // Prunes idle keys; connects to and probes Redis when configured.
         Task::new(async move { limiter.run().await }),
     ));
+    if let Some(propagation) = propagation {
+        server.add_service(background_service(
+            "revocation pubsub",
+            // Subscribes, re-syncs and applies revocations from the other instances;
+            // reconnects with a backoff whenever Redis goes away.
+            Task::new(async move { propagation.run().await }),
+        ));
+    }
     server.add_service(background_service(
         "jwks refresh",
         Task::new(async move { auth.run_refresh().await }),
@@ -175,6 +199,8 @@ struct Health {
     runtime: Arc<ArcSwap<Runtime>>,
     auth: Arc<Authenticator>,
     audit: AuditSink,
+    /// Revocation pub/sub, when Redis is configured.
+    propagation: Option<Arc<RedisPropagation>>,
 }
 
 impl HealthSource for Health {
@@ -202,6 +228,9 @@ impl HealthSource for Health {
         // Degraded but ready: without Redis each instance still limits on its own.
         checks.extend(self.runtime.load().limiter.readiness());
         checks.extend(issuers);
+        // Degraded but ready once the first connection was tried: each instance still
+        // enforces the revocations it knows.
+        checks.extend(self.propagation.as_ref().map(|p| p.readiness()));
         // An open circuit does not fail readiness: every instance shares the provider, so
         // taking them out of rotation would also stop the cached tokens they can still serve.
         checks.extend(

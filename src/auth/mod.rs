@@ -38,6 +38,7 @@ mod introspect;
 mod jwks;
 mod jwt;
 mod principal;
+mod propagate;
 mod revocation;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -46,6 +47,7 @@ pub use error::AuthError;
 pub use introspect::{IntrospectionStatus, SetupError};
 pub use jwks::IssuerStatus;
 pub use principal::Principal;
+pub use propagate::{PropagationError, RedisPropagation};
 pub use revocation::{Revocation, Target};
 
 pub(crate) use introspect::read_secret;

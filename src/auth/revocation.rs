@@ -176,6 +176,17 @@ impl<K> Expiry<K, Duration> for ValueIsTtl {
     }
 }
 
+/// `bytes` as lowercase hex digits.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// `[u8; 32]` as 64 lowercase hex digits.
 mod hex32 {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
@@ -190,11 +201,7 @@ mod hex32 {
     }
 
     pub(crate) fn encode(v: &[u8; 32]) -> String {
-        use std::fmt::Write;
-        v.iter().fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        super::hex(v)
     }
 
     pub(crate) fn decode(s: &str) -> Option<[u8; 32]> {

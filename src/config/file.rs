@@ -1224,18 +1224,29 @@ fn revocation(r: &mut Reader<'_>, m: &MapView<'_>, base_dir: &Path) -> Option<Re
         Some(n) => {
             let k = "revocation.redis_url";
             r.string(n, k).and_then(|s| {
-                if s.starts_with("redis://") || s.starts_with("rediss://") {
-                    // Fail closed: an operator who names Redis expects every instance to
-                    // see a revocation; accepting the key without doing that would not.
-                    r.error(n.mark, k, "propagating revocations through Redis is not available in this build yet; remove `redis_url` (revocations then apply to the instance that receives them)");
-                    None
-                } else {
+                // Same rules as `rate_limit.redis.url`: no TLS client is built in.
+                if s.starts_with("rediss://") {
                     r.error(
                         n.mark,
                         k,
-                        format!("`{s}` is not a redis:// or rediss:// URL"),
+                        "TLS to Redis (`rediss://`) is not supported; reach Redis over a private network or a local TLS tunnel",
                     );
-                    None
+                    return None;
+                }
+                match redis::parse_redis_url(s) {
+                    Some(u)
+                        if u.scheme() == "redis" && u.host_str().is_some_and(|h| !h.is_empty()) =>
+                    {
+                        Some(Some(s.to_owned()))
+                    }
+                    _ => {
+                        r.error(
+                            n.mark,
+                            k,
+                            format!("invalid Redis URL `{s}`; expected `redis://[user:password@]host[:port][/db]`"),
+                        );
+                        None
+                    }
                 }
             })
         }

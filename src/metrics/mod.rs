@@ -59,6 +59,16 @@ pub struct Metrics {
     pub revocations: IntCounterVec,
     /// `fhirwall_revocation_list_entries`: entries in the revocation list.
     pub revocation_entries: IntGauge,
+    /// `fhirwall_revocation_pubsub_published_total`: revocations sent to the other instances.
+    pub revocation_pubsub_published: IntCounter,
+    /// `fhirwall_revocation_pubsub_received_total{via}`: revocations from other instances
+    /// applied here, from a pub/sub `message` or from the `resync` after (re)connecting.
+    pub revocation_pubsub_received: IntCounterVec,
+    /// `fhirwall_revocation_pubsub_errors_total{op}`: failures to `publish`, to stay
+    /// `subscribed`, or to read a `message`.
+    pub revocation_pubsub_errors: IntCounterVec,
+    /// `fhirwall_revocation_pubsub_connected`: 1 while subscribed to the revocation channel.
+    pub revocation_pubsub_connected: IntGauge,
     /// `fhirwall_audit_records_total`: records written.
     pub audit_records: IntCounter,
     /// `fhirwall_audit_write_errors_total`.
@@ -132,6 +142,14 @@ pub mod names {
     pub const REVOCATIONS: &str = "fhirwall_revocations_total";
     /// Revocation list size.
     pub const REVOCATION_ENTRIES: &str = "fhirwall_revocation_list_entries";
+    /// Revocations published to the other instances.
+    pub const REVOCATION_PUBSUB_PUBLISHED: &str = "fhirwall_revocation_pubsub_published_total";
+    /// Revocations received from the other instances, by way.
+    pub const REVOCATION_PUBSUB_RECEIVED: &str = "fhirwall_revocation_pubsub_received_total";
+    /// Revocation propagation failures, by operation.
+    pub const REVOCATION_PUBSUB_ERRORS: &str = "fhirwall_revocation_pubsub_errors_total";
+    /// Whether this instance is subscribed to the revocation channel.
+    pub const REVOCATION_PUBSUB_CONNECTED: &str = "fhirwall_revocation_pubsub_connected";
     /// Audit records written.
     pub const AUDIT_RECORDS: &str = "fhirwall_audit_records_total";
     /// Audit write errors.
@@ -279,6 +297,24 @@ impl Metrics {
                 &["kind", "source"],
             ),
             revocation_entries: gauge(REVOCATION_ENTRIES, "Entries in the revocation list."),
+            revocation_pubsub_published: counter(
+                REVOCATION_PUBSUB_PUBLISHED,
+                "Revocations published to the other instances through Redis.",
+            ),
+            revocation_pubsub_received: counter_vec(
+                REVOCATION_PUBSUB_RECEIVED,
+                "Revocations from other instances applied here, by way (message, resync).",
+                &["via"],
+            ),
+            revocation_pubsub_errors: counter_vec(
+                REVOCATION_PUBSUB_ERRORS,
+                "Revocation propagation failures, by operation (publish, subscribe, message).",
+                &["op"],
+            ),
+            revocation_pubsub_connected: gauge(
+                REVOCATION_PUBSUB_CONNECTED,
+                "1 while subscribed to the revocation channel in Redis.",
+            ),
             audit_records: counter(AUDIT_RECORDS, "Audit records written to the sink."),
             audit_write_errors: counter(AUDIT_WRITE_ERRORS, "Failed writes to the audit sink."),
             audit_dropped: counter(

@@ -459,7 +459,7 @@ issuers:
   - issuer: https://b.example.org
     audiences: [fhir]
     introspection: { client_id: b, auth: private_key_jwt, client_secret_env: X }
-revocation: { redis_url: 'redis://127.0.0.1:6379' }
+revocation: { redis_url: 'rediss://127.0.0.1:6379' }
 ";
     assert_eq!(
         f.errors(src),
@@ -468,7 +468,29 @@ revocation: { redis_url: 'redis://127.0.0.1:6379' }
             "fhirwall.yaml:9:77 issuers[0].introspection.cache_max_ttl | `cache_max_ttl` must be at most 5m: a revocation at the provider stays unseen for as long",
             "fhirwall.yaml:12:42 issuers[1].introspection.auth | `private_key_jwt` needs `private_key_file` (a PEM RSA or EC P-256 private key)",
             "fhirwall.yaml:12:78 issuers[1].introspection.client_secret_env | not used with `auth: private_key_jwt`",
-            "fhirwall.yaml:13:26 revocation.redis_url | propagating revocations through Redis is not available in this build yet; remove `redis_url` (revocations then apply to the instance that receives them)",
+            "fhirwall.yaml:13:26 revocation.redis_url | TLS to Redis (`rediss://`) is not supported; reach Redis over a private network or a local TLS tunnel",
         ]
+    );
+}
+
+#[test]
+fn revocation_propagation_through_redis_is_read_and_bad_urls_are_errors() {
+    let f = Fixture::new();
+    let (c, _) = f
+        .load(&format!(
+            "{MINIMAL}revocation:\n  redis_url: 'redis://:pw@127.0.0.1:6379/2'\n  redis_channel: gw:rev\n"
+        ))
+        .unwrap();
+    assert_eq!(
+        c.revocation.redis_url.as_deref(),
+        Some("redis://:pw@127.0.0.1:6379/2")
+    );
+    assert_eq!(c.revocation.redis_channel, "gw:rev");
+    let (c, _) = f.load(MINIMAL).unwrap();
+    assert_eq!(c.revocation.redis_url, None);
+    assert_eq!(c.revocation.redis_channel, "fhirwall:revocations");
+    assert_eq!(
+        f.errors(&format!("{MINIMAL}revocation: {{ redis_url: 'http://h' }}\n")),
+        ["fhirwall.yaml:9:26 revocation.redis_url | invalid Redis URL `http://h`; expected `redis://[user:password@]host[:port][/db]`"]
     );
 }
