@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `dev`.
+//! The command line: `serve`, `check`, `dev`, `audit verify`.
 //!
 //! Exit codes: 0 success; 1 `check` found errors; 2 runtime failure; 64 (EX_USAGE) the
 //! configuration given to `serve` is invalid.
@@ -55,6 +55,27 @@ pub enum Command {
         #[arg(long)]
         audit_path: Option<PathBuf>,
     },
+    /// Work with audit files.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `fhirwall audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain (and signed checkpoints) of audit files. Prints
+    /// "intact, N records" and exits 0, or names the first broken record and exits 1.
+    Verify {
+        /// Audit files or directories (rotated files are put in chain order).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The `<audit path>.checkpoints` file to check against (needs `--public-key`).
+        #[arg(long, requires = "public_key")]
+        checkpoints: Option<PathBuf>,
+        /// Ed25519 public key (SPKI PEM) for the checkpoints.
+        #[arg(long, requires = "checkpoints")]
+        public_key: Option<PathBuf>,
+    },
 }
 
 /// Parses the command line and runs the command.
@@ -81,6 +102,11 @@ pub fn run() -> ExitCode {
             }
         },
         Command::Check { config } => check(&config),
+        Command::Audit(AuditCommand::Verify {
+            files,
+            checkpoints,
+            public_key,
+        }) => audit_verify(&files, checkpoints, public_key),
         Command::Dev {
             listen,
             admin_listen,
@@ -120,6 +146,37 @@ fn check(path: &std::path::Path) -> ExitCode {
                 .count();
             println!("{}: {errors} error(s)", path.display());
             ExitCode::from(1)
+        }
+    }
+}
+
+fn audit_verify(
+    files: &[PathBuf],
+    checkpoints: Option<PathBuf>,
+    public_key: Option<PathBuf>,
+) -> ExitCode {
+    use crate::audit::verify::{verify, Options, Report};
+    let mut opts = Options::default();
+    if let (Some(cp), Some(key)) = (checkpoints, public_key) {
+        match crate::audit::load_verifying_key(&key) {
+            Ok(key) => opts.checkpoints = Some((cp, key)),
+            Err(e) => {
+                eprintln!("fhirwall: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match verify(files, &opts) {
+        Ok(report) => {
+            println!("{report}");
+            match report {
+                Report::Intact { .. } => ExitCode::SUCCESS,
+                Report::Broken(_) => ExitCode::from(1),
+            }
+        }
+        Err(e) => {
+            eprintln!("fhirwall: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -149,6 +149,10 @@ fn defaults_fill_every_optional_key() {
             allow_query_params: ["_count", "_sort", "_summary", "_elements", "_format"]
                 .map(String::from)
                 .to_vec(),
+            durability: AuditDurability::Batched,
+            rotate_bytes: None,
+            rotate_interval: None,
+            checkpoint: None,
         }
     );
     assert_eq!(
