@@ -62,6 +62,7 @@ pub enum AuditError {
 pub struct AuditSink {
     tx: mpsc::Sender<Queued>,
     shared: Arc<Shared>,
+    strict: bool,
 }
 
 /// The writer side: owns the file, runs as a background task.
@@ -206,7 +207,7 @@ impl AuditSink {
             tuning,
             shared.clone(),
         );
-        Ok((AuditSink { tx, shared }, AuditWriter { inner }))
+        Ok((AuditSink { tx, shared, strict }, AuditWriter { inner }))
     }
 
     /// Builds both halves around an in-memory target (tests).
@@ -226,6 +227,12 @@ impl AuditSink {
     /// when it is false, so no request is served that could not be audited.
     pub fn is_healthy(&self) -> bool {
         self.health() == AuditHealth::Healthy
+    }
+
+    /// True with `durability: strict`: the proxy must commit each record with
+    /// [`AuditSink::submit_committed`] before releasing the response.
+    pub fn is_strict(&self) -> bool {
+        self.strict
     }
 
     /// Why the sink is or is not healthy.
