@@ -22,7 +22,9 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod index;
 mod output;
+pub mod query;
 mod record;
 pub mod verify;
 mod writer;

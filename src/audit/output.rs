@@ -278,6 +278,18 @@ impl MakeWriter for FileTarget {
         match self.rotate() {
             Ok(to) => {
                 tracing::info!(audit.file = %self.display, audit.rotated_to = %to.display(), "audit file rotated");
+                // The sidecar index for `audit query`, off the writer's path: a missing
+                // index only makes queries read the file.
+                let spawned = std::thread::Builder::new()
+                    .name("audit-index".into())
+                    .spawn(move || {
+                        if let Err(e) = super::index::build(&to) {
+                            tracing::warn!(audit.file = %to.display(), error = %e, "audit index not written");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "audit index thread not started");
+                }
                 true
             }
             Err(e) => {

@@ -662,6 +662,119 @@ mod chained {
         }
     }
 
+    /// Record `i`: patient `i % 3`, on day `i + 1` of January 2024.
+    fn dated(i: usize) -> AuditRecord {
+        AuditRecord {
+            time: format!("2024-01-{:02}T12:00:00.000Z", i + 1),
+            patient: Some((i % 3).to_string()),
+            client_id: Some(format!("client-{}", i % 2)),
+            ..record(i)
+        }
+    }
+
+    fn run_query(
+        t: &Trail,
+        filter: &crate::audit::query::Filter,
+    ) -> (Vec<String>, crate::audit::query::Stats) {
+        let mut ids = Vec::new();
+        let stats = crate::audit::query::query(&[t.dir.path().to_owned()], filter, |v| {
+            ids.push(v["request_id"].as_str().unwrap().to_owned());
+            Ok(())
+        })
+        .unwrap();
+        (ids, stats)
+    }
+
+    #[tokio::test]
+    async fn a_query_uses_the_rotation_indexes_and_filters_by_time() {
+        use crate::audit::index::Key;
+        use crate::audit::query::{parse_time, Filter};
+        let t = Trail::new();
+        let (sink, writer) =
+            AuditSink::open(&t.config(Some(1500)), Arc::new(Metrics::new())).unwrap();
+        let task = tokio::spawn(writer.run());
+        let flush = sink.flush_handle();
+        for i in 0..28 {
+            sink.submit(dated(i)).unwrap();
+            assert!(flush.drained().await);
+        }
+        drop(sink);
+        join(task).await;
+        let rotated = t.files().len() - 1;
+        eventually("the rotation indexes", || {
+            t.files()[..rotated]
+                .iter()
+                .all(|f| crate::audit::index::Index::open_fresh(f).unwrap().is_some())
+        })
+        .await;
+
+        let all = Filter {
+            key: Key::Patient,
+            value: "1".into(),
+            from: None,
+            to: None,
+        };
+        let (ids, stats) = run_query(&t, &all);
+        let expected: Vec<String> = (0..28)
+            .filter(|i| i % 3 == 1)
+            .map(|i| format!("req-{i}"))
+            .collect();
+        assert_eq!(ids, expected);
+        assert_eq!((stats.indexed, stats.scanned), (rotated, 1));
+
+        let ranged = Filter {
+            from: Some(parse_time("2024-01-10", false).unwrap()),
+            to: Some(parse_time("2024-01-20", true).unwrap()),
+            ..all.clone()
+        };
+        let (ids, stats) = run_query(&t, &ranged);
+        // Days 10..=20 are i = 9..=19; patient 1 among them: 10, 13, 16, 19.
+        assert_eq!(ids, ["req-10", "req-13", "req-16", "req-19"]);
+        assert!(stats.skipped >= 3, "{stats:?}");
+
+        let client = Filter {
+            key: Key::Client,
+            value: "client-0".into(),
+            ..all.clone()
+        };
+        assert_eq!(run_query(&t, &client).0.len(), 14);
+        let nobody = Filter {
+            key: Key::Subject,
+            value: "nobody".into(),
+            ..all
+        };
+        assert!(run_query(&t, &nobody).0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stale_index_is_not_used_and_a_missing_one_is_rebuilt() {
+        use crate::audit::index::{index_path, Index, Key};
+        let t = Trail::new();
+        t.write(0..12, Some(1500)).await;
+        let first = t.files()[0].clone();
+        eventually("the index", || Index::open_fresh(&first).unwrap().is_some()).await;
+        // Appending to a rotated file (it should never change) makes its index stale.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&first)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"x").unwrap();
+        assert!(Index::open_fresh(&first).unwrap().is_none());
+        std::fs::remove_file(index_path(&t.files()[1])).unwrap();
+        let filter = crate::audit::query::Filter {
+            key: Key::Patient,
+            value: "4".into(),
+            from: None,
+            to: None,
+        };
+        let (ids, _) = run_query(&t, &filter);
+        assert_eq!(ids, ["req-4"]);
+        assert!(
+            Index::open_fresh(&t.files()[1]).unwrap().is_some(),
+            "rebuilt by the query"
+        );
+    }
+
     #[tokio::test]
     async fn an_untouched_trail_verifies_intact() {
         let t = Trail::new();

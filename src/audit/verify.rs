@@ -92,6 +92,7 @@ pub fn collect_files(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
                     && !name.starts_with('.')
                     && !name.ends_with(".checkpoints")
                     && !name.ends_with(".idx")
+                    && !name.ends_with(".tmp")
                 {
                     files.push(path);
                 }
