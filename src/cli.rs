@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `dev`, `audit verify|query`.
+//! The command line: `serve`, `check`, `dev`, `audit verify|query|export`.
 //!
 //! Exit codes: 0 success; 1 `check` found errors; 2 runtime failure; 64 (EX_USAGE) the
 //! configuration given to `serve` is invalid.
@@ -100,6 +100,16 @@ pub enum AuditCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Convert records to FHIR R4 AuditEvent resources (IHE BALP RESTful activity
+    /// profiles), one JSON resource per line (NDJSON, as FHIR bulk data uses).
+    Export {
+        /// Output format.
+        #[arg(long, default_value = "auditevent", value_parser = ["auditevent"])]
+        format: String,
+        /// Audit files or directories.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Parses the command line and runs the command.
@@ -140,6 +150,7 @@ pub fn run() -> ExitCode {
             format,
             files,
         }) => audit_query(patient, client, subject, from, to, &format, &files),
+        Command::Audit(AuditCommand::Export { format: _, files }) => audit_export(&files),
         Command::Dev {
             listen,
             admin_listen,
@@ -272,6 +283,26 @@ fn audit_query(
                 "{} records ({} files: {} by index, {} scanned, {} outside the time range)",
                 stats.matched, stats.files, stats.indexed, stats.scanned, stats.skipped
             );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fhirwall: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn audit_export(files: &[PathBuf]) -> ExitCode {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = crate::audit::query::each_record(files, |v| {
+        writeln!(out, "{}", crate::audit::fhir::audit_event(v))
+    });
+    let _ = out.flush();
+    match result {
+        Ok(n) => {
+            eprintln!("{n} AuditEvent resources");
             ExitCode::SUCCESS
         }
         Err(e) => {

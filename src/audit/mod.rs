@@ -22,6 +22,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod fhir;
 pub mod index;
 mod output;
 pub mod query;

@@ -110,14 +110,14 @@ pub fn query(
                 stats.scanned += 1;
                 let mut reader = BufReader::with_capacity(1 << 20, File::open(&file)?);
                 let mut line = Vec::with_capacity(1024);
-                let needle = filter.value.as_bytes();
+                let needle = memchr::memmem::Finder::new(filter.value.as_bytes());
                 loop {
                     line.clear();
                     if reader.read_until(b'\n', &mut line)? == 0 {
                         break;
                     }
                     // Cheap pre-filter before parsing: the value must appear somewhere.
-                    if !needle.is_empty() && !line.windows(needle.len()).any(|w| w == needle) {
+                    if needle.find(&line).is_none() {
                         continue;
                     }
                     if let Some(v) = matching(&line, filter) {
@@ -129,6 +129,35 @@ pub fn query(
         }
     }
     Ok(stats)
+}
+
+/// Calls `emit` with every record of `paths` (files or directories), in chain order.
+pub fn each_record(
+    paths: &[PathBuf],
+    mut emit: impl FnMut(&Value) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut n = 0;
+    for file in collect_files(paths)? {
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(&file)?);
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            let Some(rec) = line
+                .strip_suffix(b"\n")
+                .and_then(|l| ChainedLine::parse(l).ok())
+            else {
+                continue;
+            };
+            if let Ok(v) = serde_json::from_slice::<Value>(&rec.json()) {
+                n += 1;
+                emit(&v)?;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// The record on `line` if it matches the filter.
