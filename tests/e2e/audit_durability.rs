@@ -138,3 +138,55 @@ async fn the_gateway_trail_verifies_and_an_edited_record_is_named() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(":1 (seq 1): Edited"), "{out}");
 }
+
+#[tokio::test]
+async fn in_strict_mode_the_record_is_on_disk_when_the_response_arrives() {
+    let stack = Stack::start_with(|b| {
+        b.config_override("{ audit: { durability: strict, flush_interval: 1h } }")
+    })
+    .await;
+    let token = stack.token("patient/Patient.r", true);
+    let cases = [
+        ("strict-allowed", Some(token.as_str()), 200u16),
+        ("strict-unauthenticated", None, 401),
+    ];
+    for (id, token, status) in cases {
+        let mut request = stack
+            .client
+            .get(stack.url(&format!("/fhir/Patient/{PATIENT}")))
+            .header("x-request-id", id);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        // No waiting: with an hour-long flush interval only the commit can have written it.
+        let lines = stack.gateway.audit_lines();
+        let rec = lines
+            .iter()
+            .find(|l| l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no record for {id} when its response arrived"));
+        assert_eq!(rec["status"], status);
+        let body = response.bytes().await.unwrap();
+        assert_eq!(rec["bytes_out"], body.len() as u64, "declared size of {id}");
+    }
+    // One record per request, not a second one from the logging phase.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stack.gateway.terminate();
+    stack.gateway.wait_exit(Duration::from_secs(15)).await;
+    let lines = stack.gateway.audit_lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["request_id"] == "strict-allowed")
+            .count(),
+        1
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["request_id"] == "strict-unauthenticated")
+            .count(),
+        1
+    );
+}
