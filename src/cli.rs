@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `dev`.
+//! The command line: `serve`, `check`, `dev`, `audit verify|query|export`.
 //!
 //! Exit codes: 0 success; 1 `check` found errors; 2 runtime failure; 64 (EX_USAGE) the
 //! configuration given to `serve` is invalid.
@@ -55,6 +55,61 @@ pub enum Command {
         #[arg(long)]
         audit_path: Option<PathBuf>,
     },
+    /// Work with audit files.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `fhirwall audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain (and signed checkpoints) of audit files. Prints
+    /// "intact, N records" and exits 0, or names the first broken record and exits 1.
+    Verify {
+        /// Audit files or directories (rotated files are put in chain order).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The `<audit path>.checkpoints` file to check against (needs `--public-key`).
+        #[arg(long, requires = "public_key")]
+        checkpoints: Option<PathBuf>,
+        /// Ed25519 public key (SPKI PEM) for the checkpoints.
+        #[arg(long, requires = "checkpoints")]
+        public_key: Option<PathBuf>,
+    },
+    /// Print the records of one patient, client or subject, in chain order.
+    Query {
+        /// Records whose SMART patient context is this id.
+        #[arg(long, group = "who")]
+        patient: Option<String>,
+        /// Records of this client id.
+        #[arg(long, group = "who")]
+        client: Option<String>,
+        /// Records of this token subject.
+        #[arg(long, group = "who")]
+        subject: Option<String>,
+        /// Earliest time: RFC 3339 or YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// Latest time: RFC 3339 or YYYY-MM-DD (inclusive, the whole day).
+        #[arg(long)]
+        to: Option<String>,
+        /// `json` (one record per line) or `table`.
+        #[arg(long, default_value = "json", value_parser = ["json", "table"])]
+        format: String,
+        /// Audit files or directories.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Convert records to FHIR R4 AuditEvent resources (IHE BALP RESTful activity
+    /// profiles), one JSON resource per line (NDJSON, as FHIR bulk data uses).
+    Export {
+        /// Output format.
+        #[arg(long, default_value = "auditevent", value_parser = ["auditevent"])]
+        format: String,
+        /// Audit files or directories.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Parses the command line and runs the command.
@@ -81,6 +136,21 @@ pub fn run() -> ExitCode {
             }
         },
         Command::Check { config } => check(&config),
+        Command::Audit(AuditCommand::Verify {
+            files,
+            checkpoints,
+            public_key,
+        }) => audit_verify(&files, checkpoints, public_key),
+        Command::Audit(AuditCommand::Query {
+            patient,
+            client,
+            subject,
+            from,
+            to,
+            format,
+            files,
+        }) => audit_query(patient, client, subject, from, to, &format, &files),
+        Command::Audit(AuditCommand::Export { format: _, files }) => audit_export(&files),
         Command::Dev {
             listen,
             admin_listen,
@@ -120,6 +190,124 @@ fn check(path: &std::path::Path) -> ExitCode {
                 .count();
             println!("{}: {errors} error(s)", path.display());
             ExitCode::from(1)
+        }
+    }
+}
+
+fn audit_verify(
+    files: &[PathBuf],
+    checkpoints: Option<PathBuf>,
+    public_key: Option<PathBuf>,
+) -> ExitCode {
+    use crate::audit::verify::{verify, Options, Report};
+    let mut opts = Options::default();
+    if let (Some(cp), Some(key)) = (checkpoints, public_key) {
+        match crate::audit::load_verifying_key(&key) {
+            Ok(key) => opts.checkpoints = Some((cp, key)),
+            Err(e) => {
+                eprintln!("fhirwall: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match verify(files, &opts) {
+        Ok(report) => {
+            println!("{report}");
+            match report {
+                Report::Intact { .. } => ExitCode::SUCCESS,
+                Report::Broken(_) => ExitCode::from(1),
+            }
+        }
+        Err(e) => {
+            eprintln!("fhirwall: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn audit_query(
+    patient: Option<String>,
+    client: Option<String>,
+    subject: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    format: &str,
+    files: &[PathBuf],
+) -> ExitCode {
+    use crate::audit::index::Key;
+    use crate::audit::query::{parse_time, query, table_header, table_row, Filter};
+    use std::io::Write;
+    let (key, value) = match (patient, client, subject) {
+        (Some(v), None, None) => (Key::Patient, v),
+        (None, Some(v), None) => (Key::Client, v),
+        (None, None, Some(v)) => (Key::Subject, v),
+        _ => {
+            eprintln!("fhirwall: give exactly one of --patient, --client, --subject");
+            return ExitCode::from(64);
+        }
+    };
+    let times = (
+        from.map(|f| parse_time(&f, false)).transpose(),
+        to.map(|t| parse_time(&t, true)).transpose(),
+    );
+    let (from, to) = match times {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("fhirwall: bad time {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let filter = Filter {
+        key,
+        value,
+        from,
+        to,
+    };
+    let table = format == "table";
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if table {
+        let _ = writeln!(out, "{}", table_header());
+    }
+    let result = query(files, &filter, |v| {
+        if table {
+            writeln!(out, "{}", table_row(v))
+        } else {
+            writeln!(out, "{v}")
+        }
+    });
+    let _ = out.flush();
+    match result {
+        Ok(stats) => {
+            eprintln!(
+                "{} records ({} files: {} by index, {} scanned, {} outside the time range)",
+                stats.matched, stats.files, stats.indexed, stats.scanned, stats.skipped
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fhirwall: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn audit_export(files: &[PathBuf]) -> ExitCode {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = crate::audit::query::each_record(files, |v| {
+        writeln!(out, "{}", crate::audit::fhir::audit_event(v))
+    });
+    let _ = out.flush();
+    match result {
+        Ok(n) => {
+            eprintln!("{n} AuditEvent resources");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fhirwall: {e}");
+            ExitCode::from(2)
         }
     }
 }

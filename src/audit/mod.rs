@@ -13,11 +13,28 @@
 //! write. When every [`AuditSink`] clone is dropped the writer writes out everything still
 //! queued and returns, so shutdown is: drop the sinks, await the writer task.
 
+//!
+//! Every line is chained to the one before it by a SHA-256 hash ([`chain`]), optionally with
+//! signed checkpoints ([`checkpoint`]); [`verify`] checks a set of files. In `strict`
+//! durability, [`AuditSink::submit_committed`] returns a [`Commit`] the proxy awaits before
+//! releasing the response: the writer writes and fsyncs whatever is queued as one group and
+//! then resolves every commit in it.
+
+pub mod chain;
+pub mod checkpoint;
+pub mod fhir;
+pub mod index;
 mod output;
+pub mod query;
 mod record;
+pub mod verify;
 mod writer;
 
+pub use checkpoint::{load_signing_key, load_verifying_key};
 pub use record::{redact_query, AuditRecord, RateLimitNote};
+
+/// A record in the queue, with the commit to resolve once it is durable (strict mode).
+type Queued = (AuditRecord, Option<tokio::sync::oneshot::Sender<()>>);
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,11 +43,11 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Check;
-use crate::config::{AuditConfig, AuditTarget};
+use crate::config::{AuditConfig, AuditDurability, AuditTarget};
 use crate::metrics::Metrics;
 
-use output::{FileTarget, MakeWriter, StdoutTarget};
-use writer::Tuning;
+use output::{FileTarget, MakeWriter, Rotation, StdoutTarget};
+use writer::{Checkpointer, Tuning};
 
 /// Why a record could not be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +63,9 @@ pub enum AuditError {
 /// The request side of the audit trail: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<AuditRecord>,
+    tx: mpsc::Sender<Queued>,
     shared: Arc<Shared>,
+    strict: bool,
 }
 
 /// The writer side: owns the file, runs as a background task.
@@ -83,6 +101,12 @@ pub enum AuditHealth {
         /// Queue capacity.
         capacity: usize,
     },
+}
+
+/// Resolves when a record submitted with [`AuditSink::submit_committed`] is on disk.
+#[must_use = "a commit does nothing unless awaited"]
+pub struct Commit {
+    rx: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// State shared by the sink handles, the flush handles and the writer.
@@ -129,20 +153,42 @@ impl AuditSink {
                 "audit queue_capacity must be at least 1",
             ));
         }
+        let rotation = Rotation {
+            bytes: cfg.rotate_bytes,
+            interval: cfg.rotate_interval,
+        };
         let target: Box<dyn MakeWriter> = match &cfg.target {
             AuditTarget::Stdout => Box::new(StdoutTarget),
-            AuditTarget::File(path) => Box::new(FileTarget::open(path)?),
+            AuditTarget::File(path) => Box::new(FileTarget::open(path, rotation)?),
         };
-        Ok(Self::with_target(cfg, metrics, target, Tuning::default()))
+        let checkpoints = match (&cfg.checkpoint, &cfg.target) {
+            (Some(cp), AuditTarget::File(path)) => {
+                let key = load_signing_key(&cp.key_file).map_err(std::io::Error::other)?;
+                let mut name = path.as_os_str().to_owned();
+                name.push(".checkpoints");
+                Some(Checkpointer {
+                    key,
+                    path: name.into(),
+                    every_records: cp.every_records,
+                    interval: cp.interval,
+                    since: 0,
+                    last: tokio::time::Instant::now(),
+                })
+            }
+            _ => None,
+        };
+        Self::with_parts(cfg, metrics, target, checkpoints, Tuning::default())
     }
 
-    /// Builds both halves around an already-open target.
-    fn with_target(
+    /// Builds both halves around an already-open target, resuming its chain.
+    fn with_parts(
         cfg: &AuditConfig,
         metrics: Arc<Metrics>,
-        target: Box<dyn MakeWriter>,
+        mut target: Box<dyn MakeWriter>,
+        checkpoints: Option<Checkpointer>,
         tuning: Tuning,
-    ) -> (AuditSink, AuditWriter) {
+    ) -> std::io::Result<(AuditSink, AuditWriter)> {
+        let head = target.resume()?;
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
         let shared = Arc::new(Shared {
             metrics,
@@ -153,8 +199,29 @@ impl AuditSink {
             accepted: AtomicU64::new(0),
             progress: watch::Sender::new(Progress::default()),
         });
-        let inner = writer::Writer::new(rx, target, cfg.flush_interval, tuning, shared.clone());
-        (AuditSink { tx, shared }, AuditWriter { inner })
+        let strict = cfg.durability == AuditDurability::Strict;
+        let inner = writer::Writer::new(
+            rx,
+            target,
+            head,
+            strict,
+            checkpoints,
+            cfg.flush_interval,
+            tuning,
+            shared.clone(),
+        );
+        Ok((AuditSink { tx, shared, strict }, AuditWriter { inner }))
+    }
+
+    /// Builds both halves around an in-memory target (tests).
+    #[cfg(test)]
+    fn with_target(
+        cfg: &AuditConfig,
+        metrics: Arc<Metrics>,
+        target: Box<dyn MakeWriter>,
+        tuning: Tuning,
+    ) -> (AuditSink, AuditWriter) {
+        Self::with_parts(cfg, metrics, target, None, tuning).expect("memory target resumes")
     }
 
     /// True when the writer is running, its last write succeeded, and the queue has room.
@@ -163,6 +230,12 @@ impl AuditSink {
     /// when it is false, so no request is served that could not be audited.
     pub fn is_healthy(&self) -> bool {
         self.health() == AuditHealth::Healthy
+    }
+
+    /// True with `durability: strict`: the proxy must commit each record with
+    /// [`AuditSink::submit_committed`] before releasing the response.
+    pub fn is_strict(&self) -> bool {
+        self.strict
     }
 
     /// Why the sink is or is not healthy.
@@ -215,7 +288,19 @@ impl AuditSink {
     /// should treat the request as unaudited (it was refused by [`AuditSink::is_healthy`]
     /// before being served, unless the sink failed in between).
     pub fn submit(&self, record: AuditRecord) -> Result<(), AuditError> {
-        let err = match self.tx.try_send(record) {
+        self.enqueue((record, None))
+    }
+
+    /// Queues a record without waiting and returns a [`Commit`] that resolves once it is
+    /// written and fsynced (with `durability: strict`; with `batched`, once written).
+    pub fn submit_committed(&self, record: AuditRecord) -> Result<Commit, AuditError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue((record, Some(tx)))?;
+        Ok(Commit { rx })
+    }
+
+    fn enqueue(&self, queued: Queued) -> Result<(), AuditError> {
+        let err = match self.tx.try_send(queued) {
             Ok(()) => {
                 self.shared.accepted.fetch_add(1, Ordering::AcqRel);
                 return Ok(());
@@ -244,6 +329,15 @@ impl AuditSink {
         AuditFlush {
             shared: self.shared.clone(),
         }
+    }
+}
+
+// === impl Commit ===
+
+impl Commit {
+    /// True once the record is durable; false if the writer dropped it or stopped.
+    pub async fn committed(self) -> bool {
+        self.rx.await.is_ok()
     }
 }
 
@@ -280,6 +374,15 @@ impl AuditFlush {
         };
         settled >= target
     }
+}
+
+/// RFC 3339 UTC with millisecond precision.
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::*;
 /// Generous bound for anything asynchronous to happen; tests never assert it is fast.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-fn record(i: usize) -> AuditRecord {
+pub(super) fn record(i: usize) -> AuditRecord {
     AuditRecord {
         time: "2024-01-01T00:00:00.000Z".to_owned(),
         request_id: format!("req-{i}"),
@@ -53,6 +53,10 @@ fn config(target: AuditTarget, capacity: usize, flush: Duration) -> AuditConfig 
         queue_capacity: capacity,
         flush_interval: flush,
         allow_query_params: Vec::new(),
+        durability: crate::config::AuditDurability::Batched,
+        rotate_bytes: None,
+        rotate_interval: None,
+        checkpoint: None,
     }
 }
 
@@ -106,13 +110,19 @@ impl Memory {
 }
 
 impl MakeWriter for Memory {
-    fn make_writer(&mut self) -> io::Result<Box<dyn Write + Send>> {
+    fn make_writer(&mut self) -> io::Result<Box<dyn super::output::SyncWrite>> {
         self.state.opens.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(MemoryWriter(self.state.clone())))
     }
 
     fn describe(&self) -> &str {
         "memory"
+    }
+}
+
+impl super::output::SyncWrite for MemoryWriter {
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -205,20 +215,40 @@ async fn records_are_written_to_the_file_as_json_lines_in_order() {
 async fn the_file_is_appended_to_not_truncated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
+    let cfg = config(
+        AuditTarget::File(path.clone()),
+        10,
+        Duration::from_millis(10),
+    );
+    for i in 0..2 {
+        let (sink, writer) = AuditSink::open(&cfg, Arc::new(Metrics::new())).unwrap();
+        let task = tokio::spawn(writer.run());
+        sink.submit(record(i)).unwrap();
+        drop(sink);
+        join(task).await;
+    }
+    assert_eq!(
+        lines_to_ids(&std::fs::read(&path).unwrap()),
+        vec!["req-0", "req-1"]
+    );
+}
+
+#[test]
+fn a_file_whose_last_line_is_not_chained_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
     std::fs::write(&path, b"{\"request_id\":\"earlier\"}\n").unwrap();
     let cfg = config(
         AuditTarget::File(path.clone()),
         10,
         Duration::from_millis(10),
     );
-    let (sink, writer) = AuditSink::open(&cfg, Arc::new(Metrics::new())).unwrap();
-    let task = tokio::spawn(writer.run());
-    sink.submit(record(1)).unwrap();
-    drop(sink);
-    join(task).await;
-    assert_eq!(
-        lines_to_ids(&std::fs::read(&path).unwrap()),
-        vec!["earlier", "req-1"]
+    let err = AuditSink::open(&cfg, Arc::new(Metrics::new()))
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("not a chained audit record"),
+        "{err}"
     );
 }
 
@@ -403,7 +433,7 @@ async fn a_failed_write_makes_the_sink_unhealthy_and_loses_nothing_once_it_recov
 
     memory.fail(false);
     eventually("the sink to recover", || {
-        sink.is_healthy() && memory.request_ids().len() == 6
+        sink.is_healthy() && metrics.audit_records.get() == 6
     })
     .await;
     assert_eq!(memory.request_ids(), ids(0..6));
@@ -486,4 +516,529 @@ async fn at_shutdown_a_target_that_keeps_failing_is_given_up_on_after_the_budget
     join(task).await;
     assert!(metrics.audit_write_errors.get() >= 1);
     assert!(!flush.drained().await, "the record was not written");
+}
+
+// --- hash chain, rotation, checkpoints, verify ---
+
+mod chained {
+    use std::path::{Path, PathBuf};
+
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::audit::chain::ChainedLine;
+    use crate::audit::verify::{verify, BreakKind, Options, Report};
+    use crate::config::{AuditCheckpointConfig, AuditDurability};
+
+    /// A file-backed trail in a temporary directory.
+    struct Trail {
+        dir: tempfile::TempDir,
+        /// Holds the signing key, away from the audit files.
+        keys: tempfile::TempDir,
+        path: PathBuf,
+        key: Option<SigningKey>,
+    }
+
+    impl Trail {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            Trail {
+                dir,
+                keys: tempfile::tempdir().unwrap(),
+                path,
+                key: None,
+            }
+        }
+
+        fn with_checkpoints() -> Self {
+            let mut t = Self::new();
+            let key = SigningKey::from_bytes(&[3; 32]);
+            let pem = key.to_pkcs8_pem(Default::default()).unwrap();
+            std::fs::write(t.keys.path().join("cp.key"), pem.as_bytes()).unwrap();
+            t.key = Some(key);
+            t
+        }
+
+        fn config(&self, rotate_bytes: Option<u64>) -> AuditConfig {
+            AuditConfig {
+                rotate_bytes,
+                checkpoint: self.key.as_ref().map(|_| AuditCheckpointConfig {
+                    key_file: self.keys.path().join("cp.key"),
+                    every_records: 10,
+                    interval: Duration::from_secs(3600),
+                }),
+                ..config(
+                    AuditTarget::File(self.path.clone()),
+                    1000,
+                    Duration::from_millis(5),
+                )
+            }
+        }
+
+        /// Runs a writer over records `range`, one write per record so rotation and
+        /// checkpoints happen between records, then shuts it down.
+        async fn write(&self, range: std::ops::Range<usize>, rotate_bytes: Option<u64>) {
+            let (sink, writer) =
+                AuditSink::open(&self.config(rotate_bytes), Arc::new(Metrics::new())).unwrap();
+            let task = tokio::spawn(writer.run());
+            let flush = sink.flush_handle();
+            for i in range {
+                sink.submit(record(i)).unwrap();
+                assert!(flush.drained().await);
+            }
+            drop(sink);
+            join(task).await;
+        }
+
+        fn files(&self) -> Vec<PathBuf> {
+            let mut v = super::super::output::rotated_files(&self.path).unwrap();
+            v.push(self.path.clone());
+            v
+        }
+
+        fn verify(&self) -> Report {
+            let opts = match &self.key {
+                Some(k) => Options {
+                    checkpoints: Some((self.checkpoint_file(), k.verifying_key())),
+                },
+                None => Options::default(),
+            };
+            verify(&[self.dir.path().to_owned()], &opts).unwrap()
+        }
+
+        fn checkpoint_file(&self) -> PathBuf {
+            let mut p = self.path.as_os_str().to_owned();
+            p.push(".checkpoints");
+            p.into()
+        }
+
+        /// Rewrites the active file's lines through `f`.
+        fn tamper(&self, f: impl FnOnce(&mut Vec<String>)) {
+            tamper_file(&self.path, f)
+        }
+    }
+
+    fn tamper_file(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        f(&mut lines);
+        let mut out = lines.join("\n");
+        out.push('\n');
+        std::fs::write(path, out).unwrap();
+    }
+
+    fn broken(report: Report) -> crate::audit::verify::Break {
+        match report {
+            Report::Broken(b) => b,
+            Report::Intact { .. } => panic!("expected a break, got {report}"),
+        }
+    }
+
+    /// Re-chains lines from `from` on (recomputing every hash), as an attacker who can
+    /// write the file but has no signing key would.
+    fn rechain(lines: &mut [String], from: usize) {
+        let mut prev = if from == 0 {
+            crate::audit::chain::GENESIS
+        } else {
+            ChainedLine::parse(lines[from - 1].as_bytes()).unwrap().hash
+        };
+        for line in &mut lines[from..] {
+            let parsed = ChainedLine::parse(line.as_bytes()).unwrap();
+            let seq = parsed.seq;
+            let fields = std::str::from_utf8(
+                &parsed.body
+                    [parsed.body.iter().position(|b| *b == b',').unwrap() + 1 + 9 + 64 + 2..],
+            )
+            .unwrap()
+            .to_owned();
+            let body = format!(
+                "{{\"seq\":{seq},\"prev\":\"{}\",{fields}",
+                crate::audit::chain::hex(&prev)
+            );
+            let hash = crate::audit::chain::line_hash(&prev, body.as_bytes());
+            *line = format!("{body},\"hash\":\"{}\"}}", crate::audit::chain::hex(&hash));
+            prev = hash;
+        }
+    }
+
+    /// Record `i`: patient `i % 3`, on day `i + 1` of January 2024.
+    fn dated(i: usize) -> AuditRecord {
+        AuditRecord {
+            time: format!("2024-01-{:02}T12:00:00.000Z", i + 1),
+            patient: Some((i % 3).to_string()),
+            client_id: Some(format!("client-{}", i % 2)),
+            ..record(i)
+        }
+    }
+
+    fn run_query(
+        t: &Trail,
+        filter: &crate::audit::query::Filter,
+    ) -> (Vec<String>, crate::audit::query::Stats) {
+        let mut ids = Vec::new();
+        let stats = crate::audit::query::query(&[t.dir.path().to_owned()], filter, |v| {
+            ids.push(v["request_id"].as_str().unwrap().to_owned());
+            Ok(())
+        })
+        .unwrap();
+        (ids, stats)
+    }
+
+    #[tokio::test]
+    async fn a_query_uses_the_rotation_indexes_and_filters_by_time() {
+        use crate::audit::index::Key;
+        use crate::audit::query::{parse_time, Filter};
+        let t = Trail::new();
+        let (sink, writer) =
+            AuditSink::open(&t.config(Some(1500)), Arc::new(Metrics::new())).unwrap();
+        let task = tokio::spawn(writer.run());
+        let flush = sink.flush_handle();
+        for i in 0..28 {
+            sink.submit(dated(i)).unwrap();
+            assert!(flush.drained().await);
+        }
+        drop(sink);
+        join(task).await;
+        let rotated = t.files().len() - 1;
+        eventually("the rotation indexes", || {
+            t.files()[..rotated]
+                .iter()
+                .all(|f| crate::audit::index::Index::open_fresh(f).unwrap().is_some())
+        })
+        .await;
+
+        let all = Filter {
+            key: Key::Patient,
+            value: "1".into(),
+            from: None,
+            to: None,
+        };
+        let (ids, stats) = run_query(&t, &all);
+        let expected: Vec<String> = (0..28)
+            .filter(|i| i % 3 == 1)
+            .map(|i| format!("req-{i}"))
+            .collect();
+        assert_eq!(ids, expected);
+        assert_eq!((stats.indexed, stats.scanned), (rotated, 1));
+
+        let ranged = Filter {
+            from: Some(parse_time("2024-01-10", false).unwrap()),
+            to: Some(parse_time("2024-01-20", true).unwrap()),
+            ..all.clone()
+        };
+        let (ids, stats) = run_query(&t, &ranged);
+        // Days 10..=20 are i = 9..=19; patient 1 among them: 10, 13, 16, 19.
+        assert_eq!(ids, ["req-10", "req-13", "req-16", "req-19"]);
+        assert!(stats.skipped >= 3, "{stats:?}");
+
+        let client = Filter {
+            key: Key::Client,
+            value: "client-0".into(),
+            ..all.clone()
+        };
+        assert_eq!(run_query(&t, &client).0.len(), 14);
+        let nobody = Filter {
+            key: Key::Subject,
+            value: "nobody".into(),
+            ..all
+        };
+        assert!(run_query(&t, &nobody).0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stale_index_is_not_used_and_a_missing_one_is_rebuilt() {
+        use crate::audit::index::{index_path, Index, Key};
+        let t = Trail::new();
+        t.write(0..12, Some(1500)).await;
+        let first = t.files()[0].clone();
+        eventually("the index", || Index::open_fresh(&first).unwrap().is_some()).await;
+        // Appending to a rotated file (it should never change) makes its index stale.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&first)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"x").unwrap();
+        assert!(Index::open_fresh(&first).unwrap().is_none());
+        std::fs::remove_file(index_path(&t.files()[1])).unwrap();
+        let filter = crate::audit::query::Filter {
+            key: Key::Patient,
+            value: "4".into(),
+            from: None,
+            to: None,
+        };
+        let (ids, _) = run_query(&t, &filter);
+        assert_eq!(ids, ["req-4"]);
+        assert!(
+            Index::open_fresh(&t.files()[1]).unwrap().is_some(),
+            "rebuilt by the query"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_untouched_trail_verifies_intact() {
+        let t = Trail::new();
+        t.write(0..20, None).await;
+        assert_eq!(
+            t.verify(),
+            Report::Intact {
+                records: 20,
+                first_seq: 1,
+                last_seq: 20,
+                checkpoints: 0
+            }
+        );
+        // Lines are still plain JSON with the record's fields plus seq and hash.
+        let text = std::fs::read_to_string(&t.path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.lines().nth(4).unwrap()).unwrap();
+        assert_eq!(
+            (v["seq"].as_u64(), v["request_id"].as_str()),
+            (Some(5), Some("req-4"))
+        );
+        assert_eq!(v["hash"].as_str().map(str::len), Some(64));
+    }
+
+    #[tokio::test]
+    async fn the_chain_resumes_after_a_restart() {
+        let t = Trail::new();
+        t.write(0..5, None).await;
+        t.write(5..9, None).await;
+        assert!(matches!(
+            t.verify(),
+            Report::Intact {
+                records: 9,
+                last_seq: 9,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_chain_continues_across_size_rotation_and_restarts() {
+        let t = Trail::new();
+        // A record line is ~600 bytes: rotate every ~3 records.
+        t.write(0..10, Some(1500)).await;
+        t.write(10..20, Some(1500)).await;
+        let files = t.files();
+        assert!(files.len() >= 5, "rotated into {files:?}");
+        // The names sort in chain order, and each file's first record links to the
+        // previous file's last.
+        let firsts: Vec<u64> = files[..files.len() - 1]
+            .iter()
+            .map(|f| super::super::output::read_first_seq(f).unwrap().unwrap())
+            .collect();
+        assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{firsts:?}");
+        assert_eq!(
+            t.verify(),
+            Report::Intact {
+                records: 20,
+                first_seq: 1,
+                last_seq: 20,
+                checkpoints: 0
+            }
+        );
+        // Removing a whole rotated file in the middle is a gap.
+        std::fs::remove_file(&files[1]).unwrap();
+        let b = broken(t.verify());
+        assert_eq!(b.kind, BreakKind::Deleted);
+        assert_eq!(b.file, files[2]);
+        assert_eq!(b.line, 1);
+    }
+
+    #[tokio::test]
+    async fn time_rotation_starts_a_new_file_linked_to_the_last() {
+        let t = Trail::new();
+        let cfg = AuditConfig {
+            rotate_interval: Some(Duration::from_millis(30)),
+            ..t.config(None)
+        };
+        let (sink, writer) = AuditSink::open(&cfg, Arc::new(Metrics::new())).unwrap();
+        let task = tokio::spawn(writer.run());
+        let flush = sink.flush_handle();
+        for i in 0..4 {
+            sink.submit(record(i)).unwrap();
+            assert!(flush.drained().await);
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        drop(sink);
+        join(task).await;
+        assert!(t.files().len() >= 3, "{:?}", t.files());
+        assert!(matches!(t.verify(), Report::Intact { records: 4, .. }));
+    }
+
+    #[tokio::test]
+    async fn an_edited_record_is_named() {
+        let t = Trail::new();
+        t.write(0..10, None).await;
+        t.tamper(|l| l[3] = l[3].replace("\"status\":200", "\"status\":404"));
+        let b = broken(t.verify());
+        assert_eq!((b.kind, b.line, b.seq), (BreakKind::Edited, 4, Some(4)));
+        assert_eq!(b.file, t.path);
+    }
+
+    #[tokio::test]
+    async fn an_edited_record_with_a_recomputed_hash_is_named() {
+        let t = Trail::new();
+        t.write(0..10, None).await;
+        t.tamper(|l| {
+            l[3] = l[3].replace("req-3", "req-X");
+            rechain(&mut l[..4], 3);
+        });
+        let b = broken(t.verify());
+        assert_eq!((b.kind, b.line, b.seq), (BreakKind::Edited, 4, Some(4)));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_record_is_named() {
+        let t = Trail::new();
+        t.write(0..10, None).await;
+        t.tamper(|l| {
+            l.remove(5);
+        });
+        let b = broken(t.verify());
+        assert_eq!((b.kind, b.line, b.seq), (BreakKind::Deleted, 6, Some(7)));
+        assert!(b.detail.contains("record 6 is missing"), "{}", b.detail);
+    }
+
+    #[tokio::test]
+    async fn reordered_records_are_named() {
+        let t = Trail::new();
+        t.write(0..10, None).await;
+        t.tamper(|l| l.swap(4, 5));
+        let b = broken(t.verify());
+        assert_eq!((b.kind, b.line, b.seq), (BreakKind::Reordered, 5, Some(6)));
+    }
+
+    #[tokio::test]
+    async fn an_inserted_record_is_named() {
+        let t = Trail::new();
+        t.write(0..10, None).await;
+        // A copy of a real record (valid hash) slipped in, and a forged plain line.
+        t.tamper(|l| {
+            let copy = l[2].clone();
+            l.insert(6, copy);
+        });
+        let b = broken(t.verify());
+        assert_eq!((b.kind, b.line, b.seq), (BreakKind::Inserted, 7, Some(3)));
+
+        let t = Trail::new();
+        t.write(0..10, None).await;
+        t.tamper(|l| {
+            l.insert(
+                2,
+                r#"{"time":"2024-01-01T00:00:00.000Z","decision":"allow"}"#.into(),
+            )
+        });
+        let b = broken(t.verify());
+        assert_eq!((b.kind, b.line, b.seq), (BreakKind::Inserted, 3, None));
+    }
+
+    #[tokio::test]
+    async fn a_cut_last_line_is_truncation() {
+        let t = Trail::new();
+        t.write(0..10, None).await;
+        let len = std::fs::metadata(&t.path).unwrap().len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&t.path)
+            .unwrap();
+        f.set_len(len - 20).unwrap();
+        let b = broken(t.verify());
+        assert_eq!((b.kind, b.line), (BreakKind::Truncated, 10));
+    }
+
+    #[tokio::test]
+    async fn a_restart_after_a_torn_write_cuts_the_partial_line_and_continues() {
+        let t = Trail::new();
+        t.write(0..5, None).await;
+        let len = std::fs::metadata(&t.path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&t.path)
+            .unwrap()
+            .set_len(len - 20)
+            .unwrap();
+        t.write(5..8, None).await;
+        assert!(matches!(
+            t.verify(),
+            Report::Intact {
+                records: 7,
+                last_seq: 7,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn checkpoints_verify_and_catch_a_removed_tail() {
+        let t = Trail::with_checkpoints();
+        t.write(0..25, None).await;
+        // Every 10 records, and one at shutdown.
+        assert_eq!(
+            t.verify(),
+            Report::Intact {
+                records: 25,
+                first_seq: 1,
+                last_seq: 25,
+                checkpoints: 3
+            }
+        );
+        // Removing whole records at the end keeps the chain consistent; only the
+        // checkpoint shows it.
+        t.tamper(|l| l.truncate(22));
+        let b = broken(t.verify());
+        assert_eq!((b.kind, b.seq), (BreakKind::Truncated, Some(22)));
+    }
+
+    #[tokio::test]
+    async fn checkpoints_catch_a_rewritten_tail() {
+        let t = Trail::with_checkpoints();
+        t.write(0..25, None).await;
+        t.tamper(|l| {
+            l[12] = l[12].replace("req-12", "req-X");
+            rechain(l, 12);
+        });
+        // Without checkpoints the rewritten chain is self-consistent...
+        let plain = verify(std::slice::from_ref(&t.path), &Options::default()).unwrap();
+        assert!(matches!(plain, Report::Intact { .. }), "{plain}");
+        // ...with them, the first checkpoint after the edit names it.
+        let b = broken(t.verify());
+        assert_eq!((b.kind, b.seq), (BreakKind::Edited, Some(20)));
+    }
+
+    #[tokio::test]
+    async fn a_forged_checkpoint_is_refused() {
+        let t = Trail::with_checkpoints();
+        t.write(0..12, None).await;
+        tamper_file(&t.checkpoint_file(), |l| {
+            l[0] = l[0].replace("\"seq\":10", "\"seq\":11")
+        });
+        let b = broken(t.verify());
+        assert_eq!((b.kind, b.line), (BreakKind::BadCheckpoint, 1));
+    }
+
+    #[tokio::test]
+    async fn strict_commits_resolve_once_the_record_is_on_disk() {
+        let t = Trail::new();
+        let cfg = AuditConfig {
+            durability: AuditDurability::Strict,
+            flush_interval: Duration::from_secs(3600),
+            ..t.config(None)
+        };
+        let (sink, writer) = AuditSink::open(&cfg, Arc::new(Metrics::new())).unwrap();
+        let task = tokio::spawn(writer.run());
+        let commits: Vec<_> = (0..20)
+            .map(|i| sink.submit_committed(record(i)).unwrap())
+            .collect();
+        for (i, c) in commits.into_iter().enumerate() {
+            assert!(tokio::time::timeout(PATIENCE, c.committed()).await.unwrap());
+            // Despite the hour-long flush interval, the record is already in the file.
+            let text = std::fs::read_to_string(&t.path).unwrap();
+            assert!(text.contains(&format!("\"req-{i}\"")));
+        }
+        drop(sink);
+        join(task).await;
+        assert!(matches!(t.verify(), Report::Intact { records: 20, .. }));
+    }
 }

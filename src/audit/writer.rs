@@ -4,16 +4,20 @@
 //! The blocking `write` runs on tokio's blocking pool so a slow target (a full pipe on
 //! stdout, a stalled network disk) never stalls a runtime worker that serves requests.
 
-use std::io;
+use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use ed25519_dalek::SigningKey;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::output::MakeWriter;
-use super::{AuditRecord, Shared};
+use super::chain::ChainHead;
+use super::checkpoint::Checkpoint;
+use super::output::{MakeWriter, SyncWrite};
+use super::{Queued, Shared};
 
 /// Knobs that are constants in production and shortened in tests.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +51,12 @@ impl Default for Tuning {
 
 /// The writer's state; see the module docs.
 pub(super) struct Writer {
-    rx: mpsc::Receiver<AuditRecord>,
+    rx: mpsc::Receiver<Queued>,
+    /// The last record encoded (the pending buffer ends with it).
+    head: ChainHead,
+    /// Strict durability: write as soon as anything is pending, fsync, then release the
+    /// waiting responses. Records arriving during one write+fsync form the next group.
+    strict: bool,
     /// `None` only while a write is in flight on the blocking pool.
     output: Option<Output>,
     flush_interval: Duration,
@@ -60,7 +69,20 @@ pub(super) struct Writer {
 struct Output {
     make: Box<dyn MakeWriter>,
     /// Dropped after a failure so the next attempt reopens the target.
-    current: Option<Box<dyn io::Write + Send>>,
+    current: Option<Box<dyn SyncWrite>>,
+    checkpoints: Option<Checkpointer>,
+}
+
+/// Signs the chain head now and then; see [`super::checkpoint`].
+pub(super) struct Checkpointer {
+    pub(super) key: SigningKey,
+    /// `<audit path>.checkpoints`.
+    pub(super) path: PathBuf,
+    pub(super) every_records: u64,
+    pub(super) interval: Duration,
+    /// Records written since the last checkpoint.
+    pub(super) since: u64,
+    pub(super) last: Instant,
 }
 
 /// Encoded records not yet (completely) written.
@@ -74,6 +96,8 @@ struct Pending {
     /// When the oldest record in `buf` was encoded: it must be written by
     /// `since + flush_interval`.
     since: Option<Instant>,
+    /// Responses waiting for records in `buf` to be durable (strict mode).
+    waiters: Vec<oneshot::Sender<()>>,
 }
 
 /// Retry state after a failed write.
@@ -89,18 +113,25 @@ struct AliveGuard(Arc<Shared>);
 // === impl Writer ===
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
-        rx: mpsc::Receiver<AuditRecord>,
+        rx: mpsc::Receiver<Queued>,
         make: Box<dyn MakeWriter>,
+        head: ChainHead,
+        strict: bool,
+        checkpoints: Option<Checkpointer>,
         flush_interval: Duration,
         tuning: Tuning,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
             rx,
+            head,
+            strict,
             output: Some(Output {
                 make,
                 current: None,
+                checkpoints,
             }),
             flush_interval,
             tuning,
@@ -116,6 +147,7 @@ impl Writer {
             written: 0,
             records: 0,
             since: None,
+            waiters: Vec::new(),
         };
         let mut retry: Option<Retry> = None;
         let mut closed_at: Option<Instant> = None;
@@ -151,7 +183,7 @@ impl Writer {
                 None
             } else if let Some(retry) = &retry {
                 Some(retry.at)
-            } else if closed_at.is_some() {
+            } else if closed_at.is_some() || self.strict {
                 Some(Instant::now())
             } else {
                 let since = pending.since.unwrap_or_else(Instant::now);
@@ -163,7 +195,7 @@ impl Writer {
                 // cannot postpone a flush.
                 biased;
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                    if !self.write(&mut pending, &mut retry).await {
+                    if !self.write(&mut pending, &mut retry, closed_at.is_some()).await {
                         break;
                     }
                 }
@@ -175,7 +207,7 @@ impl Writer {
                     }
                     self.encode(&mut batch, &mut pending);
                     if pending.buf.len() >= self.tuning.high_water
-                        && !self.write(&mut pending, &mut retry).await
+                        && !self.write(&mut pending, &mut retry, false).await
                     {
                         break;
                     }
@@ -186,22 +218,28 @@ impl Writer {
             }
         }
         self.shared.metrics.audit_queue_depth.set(0);
+        // A last checkpoint covering everything written, so a clean shutdown leaves no
+        // unsigned tail. Small and once: fine to do inline.
+        if pending.buf.is_empty() {
+            if let Some(output) = &mut self.output {
+                output.after_write(0, 0, &self.head, true);
+            }
+        }
     }
 
     /// Encodes and empties `batch` into the pending buffer.
-    fn encode(&self, batch: &mut Vec<AuditRecord>, pending: &mut Pending) {
+    fn encode(&mut self, batch: &mut Vec<Queued>, pending: &mut Pending) {
         let mut unencodable = 0u64;
-        for record in batch.drain(..) {
-            let start = pending.buf.len();
-            match serde_json::to_writer(&mut pending.buf, &record) {
+        for (record, waiter) in batch.drain(..) {
+            match self.head.append(&mut pending.buf, &record) {
                 Ok(()) => {
-                    pending.buf.push(b'\n');
                     pending.records += 1;
+                    pending.waiters.extend(waiter);
                 }
                 Err(e) => {
-                    // Cannot happen with the record's field types; if it ever does, drop
-                    // the half-written line rather than corrupt the trail.
-                    pending.buf.truncate(start);
+                    // Cannot happen with the record's field types; if it ever does, the
+                    // record is dropped (its waiter sees the commit fail) rather than
+                    // corrupting the trail; `append` left the buffer and chain as they were.
                     unencodable += 1;
                     self.shared.metrics.audit_dropped.inc();
                     tracing::error!(error = %e, "audit record could not be encoded; dropped");
@@ -220,14 +258,23 @@ impl Writer {
 
     /// Writes the pending buffer (from where the last attempt stopped) and flushes.
     /// Returns false when the writer cannot go on (the runtime is shutting down).
-    async fn write(&mut self, pending: &mut Pending, retry: &mut Option<Retry>) -> bool {
+    async fn write(
+        &mut self,
+        pending: &mut Pending,
+        retry: &mut Option<Retry>,
+        last: bool,
+    ) -> bool {
         let Some(mut output) = self.output.take() else {
             return false;
         };
         let mut buf = std::mem::take(&mut pending.buf);
         let mut written = pending.written;
+        let (head, records, sync) = (self.head, pending.records, self.strict);
         let joined = tokio::task::spawn_blocking(move || {
-            let result = output.write_from(&buf, &mut written);
+            let result = output.write_from(&buf, &mut written, sync);
+            if result.is_ok() {
+                output.after_write(buf.len() as u64, records, &head, last);
+            }
             if result.is_ok() {
                 buf.clear();
                 written = 0;
@@ -259,6 +306,10 @@ impl Writer {
                 pending.since = None;
                 let metrics = &self.shared.metrics;
                 metrics.audit_records.inc_by(records);
+                for waiter in pending.waiters.drain(..) {
+                    // A waiter whose request went away is fine to ignore.
+                    let _ = waiter.send(());
+                }
                 self.shared.write_ok.store(true, Ordering::Release);
                 if let Some(failed) = retry.take() {
                     tracing::info!(
@@ -310,15 +361,40 @@ fn deadline(since: Instant, interval: Duration) -> Instant {
 impl Output {
     /// Writes `buf[*written..]` and flushes, advancing `*written` past every byte the target
     /// accepted. One `write` call in the normal case; more only after a short write.
-    fn write_from(&mut self, buf: &[u8], written: &mut usize) -> io::Result<()> {
-        let result = self.try_write_from(buf, written);
+    fn write_from(&mut self, buf: &[u8], written: &mut usize, sync: bool) -> io::Result<()> {
+        let result = self.try_write_from(buf, written, sync);
         if result.is_err() {
             self.current = None;
         }
         result
     }
 
-    fn try_write_from(&mut self, buf: &[u8], written: &mut usize) -> io::Result<()> {
+    /// After a successful write: checkpoint if one is due (or `last`), then let the target
+    /// rotate.
+    fn after_write(&mut self, bytes: u64, records: u64, head: &ChainHead, last: bool) {
+        if let Some(cp) = &mut self.checkpoints {
+            cp.since += records;
+            let due = cp.since >= cp.every_records || cp.last.elapsed() >= cp.interval || last;
+            if due && cp.since > 0 {
+                match cp.write(head) {
+                    Ok(()) => {
+                        cp.since = 0;
+                        cp.last = Instant::now();
+                    }
+                    Err(e) => tracing::error!(
+                        audit.checkpoints = %cp.path.display(),
+                        error = %e,
+                        "audit checkpoint could not be written; retrying with the next write"
+                    ),
+                }
+            }
+        }
+        if self.make.after_write(bytes) {
+            self.current = None;
+        }
+    }
+
+    fn try_write_from(&mut self, buf: &[u8], written: &mut usize, sync: bool) -> io::Result<()> {
         let writer = match &mut self.current {
             Some(writer) => writer,
             None => self.current.insert(self.make.make_writer()?),
@@ -331,7 +407,25 @@ impl Output {
                 Err(e) => return Err(e),
             }
         }
-        writer.flush()
+        writer.flush()?;
+        if sync {
+            writer.sync()?;
+        }
+        Ok(())
+    }
+}
+
+// === impl Checkpointer ===
+
+impl Checkpointer {
+    /// Appends a signed checkpoint of `head` and makes it durable.
+    fn write(&self, head: &ChainHead) -> io::Result<()> {
+        let cp = Checkpoint::sign(&self.key, head, SystemTime::now());
+        let mut line = serde_json::to_vec(&cp).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut file = super::output::open_append(&self.path)?;
+        file.write_all(&line)?;
+        file.sync_data()
     }
 }
 

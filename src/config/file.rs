@@ -16,9 +16,9 @@ use jsonwebtoken::Algorithm;
 
 use super::yaml::{self, index, join, MapView, Mark, Node, Reader};
 use super::{
-    AuditConfig, AuditTarget, ClientAuth, Config, Diagnostic, Diagnostics, ForwardingConfig,
-    IntrospectionConfig, IssuerConfig, LogConfig, RateLimitConfig, RevocationConfig, SecretSource,
-    TokenCacheConfig, UpstreamConfig,
+    AuditCheckpointConfig, AuditConfig, AuditDurability, AuditTarget, ClientAuth, Config,
+    Diagnostic, Diagnostics, ForwardingConfig, IntrospectionConfig, IssuerConfig, LogConfig,
+    RateLimitConfig, RevocationConfig, SecretSource, TokenCacheConfig, UpstreamConfig,
 };
 use crate::policy::Policy;
 
@@ -94,7 +94,12 @@ const AUDIT_KEYS: &[&str] = &[
     "queue_capacity",
     "flush_interval",
     "allow_query_params",
+    "durability",
+    "rotate_bytes",
+    "rotate_interval",
+    "checkpoint",
 ];
+const AUDIT_CHECKPOINT_KEYS: &[&str] = &["key_file", "every_records", "interval"];
 const FORWARDING_KEYS: &[&str] = &["trust_forwarded_for"];
 const LOG_KEYS: &[&str] = &["level", "format"];
 
@@ -386,11 +391,56 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
                 Some(items.into_iter().map(|(s, _)| s.to_owned()).collect())
             },
         );
+        let durability = opt(
+            r,
+            m,
+            "audit",
+            "durability",
+            AuditDurability::Batched,
+            |r, n, k| match r.string(n, k)? {
+                "batched" => Some(AuditDurability::Batched),
+                "strict" => Some(AuditDurability::Strict),
+                other => {
+                    r.error(
+                        n.mark,
+                        k,
+                        format!("unknown durability `{other}` (expected `batched` or `strict`)"),
+                    );
+                    None
+                }
+            },
+        );
+        let rotate_bytes = opt(r, m, "audit", "rotate_bytes", None, |r, n, k| {
+            positive(r, n, k, r_u64).map(Some)
+        });
+        let rotate_interval = opt(r, m, "audit", "rotate_interval", None, |r, n, k| {
+            positive(r, n, k, r_duration).map(Some)
+        });
+        let checkpoint = match m.get("checkpoint") {
+            None => Some(None),
+            Some(n) => audit_checkpoint(r, n, base_dir).map(Some),
+        };
+        let target = target?;
+        if target == AuditTarget::Stdout {
+            for key in ["rotate_bytes", "rotate_interval", "checkpoint"] {
+                if let Some(n) = m.get(key) {
+                    r.error(
+                        n.mark,
+                        &join("audit", key),
+                        format!("`{key}` needs a file `audit.path`, not stdout"),
+                    );
+                }
+            }
+        }
         Some(AuditConfig {
-            target: target?,
+            target,
             queue_capacity: queue_capacity?,
             flush_interval: flush_interval?,
             allow_query_params: allow_query_params?,
+            durability: durability?,
+            rotate_bytes: rotate_bytes?,
+            rotate_interval: rotate_interval?,
+            checkpoint: checkpoint?,
         })
     });
 
@@ -492,6 +542,44 @@ fn opt<T>(
         None => Some(default),
         Some(n) => read(r, n, &join(section, key)),
     }
+}
+
+/// `audit.checkpoint`: the key is read and parsed here so that `fhirwall check` reports a
+/// bad key at its position rather than at startup.
+fn audit_checkpoint(
+    r: &mut Reader<'_>,
+    n: &Node,
+    base_dir: &Path,
+) -> Option<AuditCheckpointConfig> {
+    let key = "audit.checkpoint";
+    let m = r.map(n, key, AUDIT_CHECKPOINT_KEYS)?;
+    let key_file = r.required(&m, key, "key_file").and_then(|n| {
+        let k = join(key, "key_file");
+        let path = base_dir.join(r.string(n, &k)?);
+        match crate::audit::load_signing_key(&path) {
+            Ok(_) => Some(path),
+            Err(e) => {
+                r.error(n.mark, &k, e.to_string());
+                None
+            }
+        }
+    });
+    let every_records = opt(r, &m, key, "every_records", 10_000, |r, n, k| {
+        positive(r, n, k, r_u64)
+    });
+    let interval = opt(
+        r,
+        &m,
+        key,
+        "interval",
+        Duration::from_secs(60),
+        |r, n, k| positive(r, n, k, r_duration),
+    );
+    Some(AuditCheckpointConfig {
+        key_file: key_file?,
+        every_records: every_records?,
+        interval: interval?,
+    })
 }
 
 fn r_u64(r: &mut Reader<'_>, n: &Node, k: &str) -> Option<u64> {

@@ -208,6 +208,38 @@ pub struct AuditConfig {
     pub flush_interval: Duration,
     /// Query parameters whose values may appear in the record; all others are redacted.
     pub allow_query_params: Vec<String>,
+    /// When a response may be released relative to its record reaching disk.
+    pub durability: AuditDurability,
+    /// Rotate the file once it holds at least this many bytes (checked after each write).
+    pub rotate_bytes: Option<u64>,
+    /// Rotate the file once it has been written to for this long.
+    pub rotate_interval: Option<Duration>,
+    /// Signed checkpoints of the hash chain, if configured.
+    pub checkpoint: Option<AuditCheckpointConfig>,
+}
+
+/// When a response may be released relative to its audit record reaching disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditDurability {
+    /// Records are written off the request path within `flush_interval`; a crash loses at
+    /// most the records of the last `flush_interval` (plus what the OS had not written back).
+    #[default]
+    Batched,
+    /// A response is not released before its record is written and fsynced (group commit).
+    Strict,
+}
+
+/// Signed checkpoints: every `every_records` records or `interval`, whichever comes first,
+/// the writer signs (seq, hash) of the chain head with an Ed25519 key and appends it to
+/// `<audit path>.checkpoints`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheckpointConfig {
+    /// PKCS#8 PEM file holding the Ed25519 private key.
+    pub key_file: PathBuf,
+    /// Records between two checkpoints.
+    pub every_records: u64,
+    /// Longest time between two checkpoints while records are written.
+    pub interval: Duration,
 }
 
 /// Request-header handling toward the upstream.

@@ -71,7 +71,17 @@ pub struct RequestCtx {
     upstream_status: Option<u16>,
     /// What the rate limiter said (response headers, audit).
     limits: RequestLimits,
+    /// The record was already committed before the response (strict durability); `logging`
+    /// must not write a second one.
+    audited: bool,
+    /// Body size for a record committed before the body is sent (strict durability): the
+    /// declared `Content-Length`, or the size of a response fhirwall generated.
+    bytes_out_hint: Option<u64>,
 }
+
+/// Longest wait for a record to be committed (strict durability) before the response is
+/// replaced by a 503: a stuck disk must not hold connections forever.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 // === impl Gateway ===
 
@@ -201,6 +211,39 @@ impl Gateway {
         }
     }
 
+    /// Strict durability: writes this request's record (with the status about to be sent)
+    /// and waits until it is on disk. False when it could not be committed: the caller must
+    /// then not release the response it was about to send.
+    async fn commit_record(&self, session: &Session, ctx: &mut RequestCtx, status: u16) -> bool {
+        let record = self.audit_record(session, ctx, status);
+        ctx.audited = true;
+        let committed = match self.audit.submit_committed(record) {
+            Ok(commit) => tokio::time::timeout(COMMIT_TIMEOUT, commit.committed())
+                .await
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if !committed {
+            self.metrics.audit_dropped.inc();
+            tracing::error!(
+                request.id = %ctx.request_id,
+                "audit record not committed; refusing to release the response"
+            );
+        }
+        committed
+    }
+
+    /// The 503 sent instead of a response whose record could not be committed.
+    fn audit_unavailable(rt: &Runtime) -> Answer {
+        Answer::for_denial(
+            &Denial::new(
+                DenyReason::AuditUnavailable,
+                "the audit trail is unavailable; try again shortly",
+            ),
+            &rt.realm,
+        )
+    }
+
     fn audit_record(&self, session: &Session, ctx: &RequestCtx, status: u16) -> AuditRecord {
         let req = session.req_header();
         let rt = ctx.runtime.as_deref();
@@ -251,7 +294,9 @@ impl Gateway {
             latency_ms: millis(now - ctx.started),
             upstream_latency_ms: ctx.upstream_sent.map(|t| millis(now - t)),
             bytes_in: session.body_bytes_read() as u64,
-            bytes_out: session.body_bytes_sent() as u64,
+            bytes_out: ctx
+                .bytes_out_hint
+                .unwrap_or(session.body_bytes_sent() as u64),
             policy_version: rt
                 .map(|r| r.policy.version().to_owned())
                 .unwrap_or_default(),
@@ -275,6 +320,8 @@ impl ProxyHttp for Gateway {
             upstream_sent: None,
             upstream_status: None,
             limits: RequestLimits::default(),
+            audited: false,
+            bytes_out_hint: None,
         }
     }
 
@@ -304,7 +351,13 @@ impl ProxyHttp for Gateway {
         };
         ctx.decision = Some(decision);
         match denied {
-            Some(answer) => {
+            Some(mut answer) => {
+                if self.audit.is_strict() {
+                    ctx.bytes_out_hint = Some(answer.body().len() as u64);
+                    if !self.commit_record(session, ctx, answer.status).await {
+                        answer = Self::audit_unavailable(&rt);
+                    }
+                }
                 // draft-ietf-httpapi-ratelimit-headers-10 §6: the fields accompany a quota's 429,
                 // and other refusals only when configured for every response.
                 let limits =
@@ -388,7 +441,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
@@ -405,6 +458,24 @@ impl ProxyHttp for Gateway {
                 upstream_response.append_header(RATELIMIT, state)?;
             }
         }
+        // Strict durability: the header (and with it the response) is released only once
+        // the record is on disk. The decision was made in `request_filter`; only the status
+        // and the size are new here.
+        if self.audit.is_strict() {
+            ctx.bytes_out_hint = upstream_response
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .or(Some(0));
+            let status = upstream_response.status.as_u16();
+            if !self.commit_record(session, ctx, status).await {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(503),
+                    "audit record could not be committed",
+                );
+            }
+        }
         Ok(())
     }
 
@@ -418,6 +489,9 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         use ErrorType::*;
         let answer = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(503)) if ctx.audited => {
+                ctx.runtime.as_deref().map(Self::audit_unavailable)
+            }
             (ErrorSource::Downstream, _) => None,
             (_, ConnectTimedout | ReadTimedout | WriteTimedout) => {
                 self.metrics
@@ -448,7 +522,15 @@ impl ProxyHttp for Gateway {
         };
         tracing::warn!(request.id = %ctx.request_id, error = %e, "request failed");
         let code = match answer {
-            Some(a) if session.response_written().is_none() => {
+            Some(mut a) if session.response_written().is_none() => {
+                if self.audit.is_strict() && !ctx.audited {
+                    ctx.bytes_out_hint = Some(a.body().len() as u64);
+                    if !self.commit_record(session, ctx, a.status).await {
+                        if let Some(rt) = ctx.runtime.as_deref() {
+                            a = Self::audit_unavailable(rt);
+                        }
+                    }
+                }
                 if let Err(we) = a.write(session, &ctx.request_id).await {
                     tracing::debug!(request.id = %ctx.request_id, error = %we, "could not send error response");
                 }
@@ -508,6 +590,9 @@ impl ProxyHttp for Gateway {
         }
         if let Some(Decision::Deny(d)) = &ctx.decision {
             m.denials.with_label_values(&[d.reason.code()]).inc();
+        }
+        if ctx.audited {
+            return;
         }
         let record = self.audit_record(session, ctx, status);
         if let Err(e) = self.audit.submit(record) {

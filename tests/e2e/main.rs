@@ -11,6 +11,7 @@ mod support;
 mod common;
 
 mod audit;
+mod audit_durability;
 mod authentication;
 mod bearer;
 mod check;

@@ -149,6 +149,10 @@ fn defaults_fill_every_optional_key() {
             allow_query_params: ["_count", "_sort", "_summary", "_elements", "_format"]
                 .map(String::from)
                 .to_vec(),
+            durability: AuditDurability::Batched,
+            rotate_bytes: None,
+            rotate_interval: None,
+            checkpoint: None,
         }
     );
     assert_eq!(
@@ -492,5 +496,77 @@ fn revocation_propagation_through_redis_is_read_and_bad_urls_are_errors() {
     assert_eq!(
         f.errors(&format!("{MINIMAL}revocation: {{ redis_url: 'http://h' }}\n")),
         ["fhirwall.yaml:9:26 revocation.redis_url | invalid Redis URL `http://h`; expected `redis://[user:password@]host[:port][/db]`"]
+    );
+}
+
+#[test]
+fn audit_durability_rotation_and_checkpoints_load() {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let f = Fixture::new();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    fs::write(
+        f.dir.path().join("sign.pem"),
+        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let src = format!(
+        "{MINIMAL}audit:
+  path: audit.jsonl
+  durability: strict
+  rotate_bytes: 67108864
+  rotate_interval: 1h
+  checkpoint: {{ key_file: sign.pem, every_records: 500 }}
+"
+    );
+    let (c, _) = f.load(&src).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(c.audit.durability, AuditDurability::Strict);
+    assert_eq!(c.audit.rotate_bytes, Some(64 << 20));
+    assert_eq!(c.audit.rotate_interval, Some(Duration::from_secs(3600)));
+    assert_eq!(
+        c.audit.checkpoint,
+        Some(AuditCheckpointConfig {
+            key_file: f.dir.path().join("sign.pem"),
+            every_records: 500,
+            interval: Duration::from_secs(60),
+        })
+    );
+}
+
+#[test]
+fn bad_audit_settings_are_named_at_their_position() {
+    let f = Fixture::new();
+    fs::write(f.dir.path().join("not-a-key.pem"), "hello").unwrap();
+    let src = format!(
+        "{MINIMAL}audit:
+  durability: sometimes
+  rotate_bytes: 1000
+  checkpoint: {{ key_file: not-a-key.pem }}
+"
+    );
+    let errors = f.errors(&src);
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(
+        errors[0]
+            .starts_with("fhirwall.yaml:10:15 audit.durability | unknown durability `sometimes`"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("audit.checkpoint.key_file | ")
+                && e.contains("is not an Ed25519 private key")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("audit.rotate_bytes | `rotate_bytes` needs a file `audit.path`")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("audit.checkpoint | `checkpoint` needs a file")),
+        "{errors:#?}"
     );
 }
