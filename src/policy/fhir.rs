@@ -132,6 +132,10 @@ pub struct Request {
     /// Letters per type, merged by type, in order of first appearance; the interaction's own
     /// requirement comes first.
     pub requirements: Vec<Requirement>,
+    /// Some include/chain reached `*`, so a `_type` narrowing must keep the `*` requirement.
+    any_reached: bool,
+    /// `_type` was already applied (a second occurrence is refused: AND or OR is unclear).
+    type_narrowed: bool,
 }
 
 /// Why a request could not be classified. Every variant means "refuse": fhirwall does not
@@ -502,6 +506,8 @@ impl Request {
             body: BodyNeed::None,
             filter: false,
             requirements: Vec::new(),
+            any_reached: false,
+            type_narrowed: false,
         }
     }
 
@@ -563,9 +569,16 @@ impl Request {
             self.add_param(&p, &mut types)?;
         }
         if !types.is_empty() {
+            if self.type_narrowed {
+                return Err(Unclassifiable::Query("`_type` given more than once"));
+            }
+            self.type_narrowed = true;
             // R4 search.html#_type: system search narrowed to these types, so `s` on each
-            // instead of on `*` (SMART-SEMANTICS §4, system search row).
-            self.requirements.retain(|r| r.target != ScopeType::Any);
+            // instead of on `*` (SMART-SEMANTICS §4, system search row); a `*` reached by an
+            // include or chain stays.
+            if !self.any_reached {
+                self.requirements.retain(|r| r.target != ScopeType::Any);
+            }
             let rest = std::mem::take(&mut self.requirements);
             for t in types {
                 self.require(ScopeType::Type(t), Letters::S);
@@ -600,6 +613,7 @@ impl Request {
                 }
                 let (target, letters) =
                     include_reach(base == "_revinclude", &p.value).map_err(bad)?;
+                self.any_reached |= target == ScopeType::Any;
                 self.require(target, letters);
                 Ok(())
             }
@@ -638,6 +652,9 @@ impl Request {
             "_type" => {
                 if self.interaction != Interaction::SearchSystem || modifier.is_some() {
                     return Err(bad("_type outside a system search"));
+                }
+                if !types.is_empty() || self.type_narrowed {
+                    return Err(Unclassifiable::Query("`_type` given more than once"));
                 }
                 for v in p.value.split(',') {
                     types.push(resource_type(v)?);
@@ -693,6 +710,7 @@ impl Request {
                 None => None,
             };
             if chained && !last {
+                self.any_reached |= typed.is_none();
                 self.require(typed.map_or(ScopeType::Any, ScopeType::Type), Letters::S);
             }
         }

@@ -262,6 +262,27 @@ const CASES: &[(&str, &str, &str, Option<&str>, &str)] = &[
         Some("_filter=code%20eq%201"),
         "SearchType filter Observation.s",
     ),
+    (
+        "_type keeps a * reached by _include=*",
+        "GET",
+        "",
+        Some("_include=*&_type=Observation"),
+        "SearchSystem Observation.s *.s",
+    ),
+    (
+        "_type keeps a * reached by an untyped chain",
+        "GET",
+        "",
+        Some("_type=Observation&subject.name=x"),
+        "SearchSystem Observation.s *.s",
+    ),
+    (
+        "_type twice is refused (AND or OR unclear)",
+        "GET",
+        "",
+        Some("_type=Observation&_type=Condition"),
+        "ERR Query",
+    ),
     // --- compartment search ---
     (
         "compartment search is s on the type",
@@ -904,6 +925,9 @@ fn a_search_form_adds_its_parameters() {
     let mut r = classify(&Method::POST, "_search", None).unwrap();
     r.add_search_form("_type=Condition").unwrap();
     assert_eq!(render(Ok(r)), "SearchSystem body=SearchForm Condition.s");
+    // `_type` in the URL and again in the form: AND or OR is unclear, refused.
+    let mut r = classify(&Method::POST, "_search", Some("_type=Observation")).unwrap();
+    assert!(r.add_search_form("_type=Condition").is_err());
     let mut r = classify(&Method::GET, "Observation", None).unwrap();
     assert!(r.add_search_form("code=1").is_err());
     let mut r = classify(&Method::POST, "Observation/_search", None).unwrap();
