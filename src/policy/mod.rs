@@ -11,6 +11,7 @@
 //! permit's `granted_by` text and for the details of a denial.
 
 pub mod decision;
+pub mod fhir;
 mod load;
 pub mod path;
 pub mod patient;
