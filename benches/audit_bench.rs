@@ -62,6 +62,7 @@ fn record(i: u64) -> AuditRecord {
         subject: Some(format!("user-{}", (mix >> 30) % SUBJECTS)),
         fhir_user: None,
         patient: Some(format!("pat-{patient}")),
+        patients: vec![format!("pat-{patient}")],
         jti: None,
         status: 200,
         upstream_status: Some(200),
@@ -84,6 +85,7 @@ fn config(dir: &std::path::Path, durability: AuditDurability, rotate: u64) -> Au
         rotate_bytes: Some(rotate),
         rotate_interval: None,
         checkpoint: None,
+        auditevent_path: None,
     }
 }
 

@@ -35,6 +35,7 @@ fn base(i: usize, method: &str, path: &str) -> AuditRecord {
         subject: Some("user-1".into()),
         fhir_user: None,
         patient: Some("123".into()),
+        patients: vec!["123".into()],
         jti: Some("jti-1".into()),
         status: 200,
         upstream_status: Some(200),
@@ -110,6 +111,7 @@ async fn write_trail(path: &Path) {
         rotate_bytes: None,
         rotate_interval: None,
         checkpoint: None,
+        auditevent_path: None,
     };
     let (sink, writer) = AuditSink::open(&cfg, Arc::new(Metrics::new())).unwrap();
     let task = tokio::spawn(writer.run());

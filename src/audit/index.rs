@@ -52,6 +52,9 @@ struct Keys<'a> {
     client_id: Option<&'a str>,
     #[serde(borrow)]
     subject: Option<&'a str>,
+    /// Patients the request named (escaped strings cannot be borrowed, hence `Cow`).
+    #[serde(borrow, default)]
+    patients: Vec<std::borrow::Cow<'a, str>>,
 }
 
 /// The header of an index.
@@ -168,6 +171,13 @@ pub fn build(data: &Path) -> io::Result<Summary> {
         ] {
             if let Some(v) = value {
                 entries.push((key.hash(v), at));
+            }
+        }
+        // A patient is found by `--patient` whether it was the token's context or named by
+        // the request; each record is listed once per distinct patient.
+        for (i, p) in keys.patients.iter().enumerate() {
+            if keys.patient != Some(p.as_ref()) && !keys.patients[..i].contains(p) {
+                entries.push((Key::Patient.hash(p), at));
             }
         }
     }

@@ -164,7 +164,11 @@ pub fn each_record(
 fn matching(line: &[u8], filter: &Filter) -> Option<Value> {
     let rec = ChainedLine::parse(line.strip_suffix(b"\n")?).ok()?;
     let v: Value = serde_json::from_slice(&rec.json()).ok()?;
-    if v[filter.key.field()].as_str() != Some(filter.value.as_str()) {
+    let named = filter.key == Key::Patient
+        && v["patients"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p.as_str() == Some(filter.value.as_str())));
+    if !named && v[filter.key.field()].as_str() != Some(filter.value.as_str()) {
         return None;
     }
     let time = v["time"].as_str().unwrap_or("");

@@ -42,6 +42,11 @@ pub struct AuditRecord {
     pub fhir_user: Option<String>,
     /// SMART patient context.
     pub patient: Option<String>,
+    /// Patients the request names: the id after `Patient/` in the path, and the values of
+    /// `patient` / `subject` query parameters (references reduced to their id; a value that
+    /// cannot be reduced is kept as sent, failing safe). At most 64; empty lists are omitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patients: Vec<String>,
     /// Token `jti`.
     pub jti: Option<String>,
     /// Status sent to the client (0 if the connection died before a response).

@@ -35,6 +35,7 @@ pub(super) fn record(i: usize) -> AuditRecord {
         subject: None,
         fhir_user: None,
         patient: Some(i.to_string()),
+        patients: Vec::new(),
         jti: None,
         status: 200,
         upstream_status: Some(200),
@@ -57,6 +58,7 @@ fn config(target: AuditTarget, capacity: usize, flush: Duration) -> AuditConfig 
         rotate_bytes: None,
         rotate_interval: None,
         checkpoint: None,
+        auditevent_path: None,
     }
 }
 
@@ -748,6 +750,61 @@ mod chained {
     }
 
     #[tokio::test]
+    async fn a_patient_named_by_the_request_is_found_like_the_patient_context() {
+        use crate::audit::index::Key;
+        use crate::audit::query::Filter;
+        let t = Trail::new();
+        let (sink, writer) =
+            AuditSink::open(&t.config(Some(1500)), Arc::new(Metrics::new())).unwrap();
+        let task = tokio::spawn(writer.run());
+        let flush = sink.flush_handle();
+        // A user/ token (no patient context) reading patient 77 every fifth request; the
+        // others name patient 5, twice over (path and query), and carry context 5 as well.
+        for i in 0..20 {
+            let rec = if i % 5 == 0 {
+                AuditRecord {
+                    patient: None,
+                    patients: vec!["77".into()],
+                    ..dated(i)
+                }
+            } else {
+                AuditRecord {
+                    patient: Some("5".into()),
+                    patients: vec!["5".into(), "5".into()],
+                    ..dated(i)
+                }
+            };
+            sink.submit(rec).unwrap();
+            assert!(flush.drained().await);
+        }
+        drop(sink);
+        join(task).await;
+        let rotated = t.files().len() - 1;
+        assert!(rotated > 0, "the test needs indexed (rotated) files");
+        eventually("the rotation indexes", || {
+            t.files()[..rotated]
+                .iter()
+                .all(|f| crate::audit::index::Index::open_fresh(f).unwrap().is_some())
+        })
+        .await;
+        let named = Filter {
+            key: Key::Patient,
+            value: "77".into(),
+            from: None,
+            to: None,
+        };
+        let (ids, stats) = run_query(&t, &named);
+        assert_eq!(ids, ["req-0", "req-5", "req-10", "req-15"]);
+        assert_eq!((stats.indexed, stats.scanned), (rotated, 1));
+        let context = Filter {
+            value: "5".into(),
+            ..named
+        };
+        // Each record once, although it names the patient three times.
+        assert_eq!(run_query(&t, &context).0.len(), 16);
+    }
+
+    #[tokio::test]
     async fn a_stale_index_is_not_used_and_a_missing_one_is_rebuilt() {
         use crate::audit::index::{index_path, Index, Key};
         let t = Trail::new();
@@ -1040,5 +1097,187 @@ mod chained {
         drop(sink);
         join(task).await;
         assert!(matches!(t.verify(), Report::Intact { records: 20, .. }));
+    }
+}
+
+/// The live AuditEvent sink (`audit.auditevent_path`).
+mod auditevent_sink {
+    use super::*;
+    use crate::audit::chain::ChainedLine;
+    use crate::audit::writer::EventFile;
+    use crate::config::AuditDurability;
+
+    /// Records whose AuditEvents differ: reads, a search, a refusal, an upstream failure.
+    fn varied(i: usize) -> AuditRecord {
+        let mut r = record(i);
+        match i % 4 {
+            1 => {
+                r.path = "/Observation".to_owned();
+                r.query = Some("patient=REDACTED&_count=10".to_owned());
+            }
+            2 => {
+                r.decision = "deny";
+                r.reason = "insufficient_scope";
+                r.status = 403;
+                r.upstream_status = None;
+            }
+            3 => {
+                r.method = "POST".to_owned();
+                r.path = "/Observation".to_owned();
+                r.status = 502;
+            }
+            _ => {}
+        }
+        r
+    }
+
+    /// The export mapping applied to every record of the trail file.
+    fn exported(trail: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read(trail)
+            .unwrap()
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let line = ChainedLine::parse(l).expect("chained line");
+                let rec: serde_json::Value = serde_json::from_slice(&line.json()).unwrap();
+                crate::audit::fhir::audit_event(&rec)
+            })
+            .collect()
+    }
+
+    fn sink_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "partial line");
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("each AuditEvent line is JSON"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_record_is_also_written_as_the_auditevent_the_export_maps_it_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let trail = dir.path().join("audit.jsonl");
+        let events = dir.path().join("auditevents.ndjson");
+        let cfg = AuditConfig {
+            auditevent_path: Some(events.clone()),
+            ..config(
+                AuditTarget::File(trail.clone()),
+                1000,
+                Duration::from_millis(5),
+            )
+        };
+        let (sink, writer) = AuditSink::open(&cfg, Arc::new(Metrics::new())).unwrap();
+        let task = tokio::spawn(writer.run());
+        let flush = sink.flush_handle();
+        for i in 0..20 {
+            sink.submit(varied(i)).unwrap();
+        }
+        assert!(flush.drained().await);
+        // Written in the same cycle: once the records are settled, so are their events.
+        assert_eq!(sink_lines(&events).len(), 20);
+        for i in 20..40 {
+            sink.submit(varied(i)).unwrap();
+        }
+        drop(sink);
+        join(task).await;
+
+        let written = sink_lines(&events);
+        assert_eq!(written.len(), 40);
+        assert_eq!(written, exported(&trail));
+        for (i, ev) in written.iter().enumerate() {
+            assert_eq!(ev["resourceType"], "AuditEvent");
+            assert_eq!(ev["id"], format!("fw-{}", i + 1));
+        }
+        let outcomes: Vec<_> = written[..4].iter().map(|e| e["outcome"].clone()).collect();
+        assert_eq!(outcomes, ["0", "0", "4", "8"]);
+    }
+
+    #[tokio::test]
+    async fn a_strict_commit_resolves_only_once_its_auditevent_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let trail = dir.path().join("audit.jsonl");
+        let events = dir.path().join("auditevents.ndjson");
+        let cfg = AuditConfig {
+            auditevent_path: Some(events.clone()),
+            durability: AuditDurability::Strict,
+            ..config(
+                AuditTarget::File(trail.clone()),
+                1000,
+                Duration::from_secs(3600),
+            )
+        };
+        let (sink, writer) = AuditSink::open(&cfg, Arc::new(Metrics::new())).unwrap();
+        let task = tokio::spawn(writer.run());
+        for i in 0..5 {
+            let commit = sink.submit_committed(varied(i)).unwrap();
+            assert!(tokio::time::timeout(PATIENCE, commit.committed())
+                .await
+                .unwrap());
+            assert_eq!(sink_lines(&events).len(), i + 1);
+        }
+        drop(sink);
+        join(task).await;
+        assert_eq!(sink_lines(&events), exported(&trail));
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_auditevent_path_is_a_startup_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AuditConfig {
+            auditevent_path: Some(dir.path().join("missing-dir/ae.ndjson")),
+            ..config(
+                AuditTarget::File(dir.path().join("audit.jsonl")),
+                10,
+                Duration::from_millis(5),
+            )
+        };
+        let err = AuditSink::open(&cfg, Arc::new(Metrics::new()))
+            .err()
+            .expect("open fails");
+        assert!(err.to_string().contains("AuditEvent file"), "{err}");
+    }
+
+    /// `/dev/full` opens fine and refuses every write with ENOSPC.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_failing_auditevent_file_makes_the_sink_unhealthy_and_holds_the_batch() {
+        let mem = Memory::default();
+        let metrics = Arc::new(Metrics::new());
+        let cfg = config(AuditTarget::Stdout, 100, Duration::from_millis(5));
+        let events = EventFile::open("/dev/full".into()).unwrap();
+        let tuning = Tuning {
+            shutdown_budget: Duration::from_millis(100),
+            ..fast_tuning()
+        };
+        let (sink, writer) = AuditSink::with_parts(
+            &cfg,
+            metrics.clone(),
+            Box::new(mem.clone()),
+            None,
+            Some(events),
+            tuning,
+        )
+        .unwrap();
+        let task = tokio::spawn(writer.run());
+        for i in 0..5 {
+            sink.submit(record(i)).unwrap();
+        }
+        eventually("the AuditEvent failure to show", || {
+            metrics.audit_write_errors.get() >= 3
+        })
+        .await;
+        match sink.health() {
+            AuditHealth::WriteFailing { error } => {
+                assert!(error.contains("AuditEvent file /dev/full"), "{error}")
+            }
+            other => panic!("expected WriteFailing, got {other:?}"),
+        }
+        assert!(!sink.is_healthy());
+        // The trail took its lines once; the retries resume the AuditEvent file only.
+        assert_eq!(mem.request_ids(), ids(0..5));
+        assert_eq!(metrics.audit_records.get(), 0, "records never counted as written");
+        drop(sink);
+        join(task).await;
+        assert_eq!(mem.request_ids(), ids(0..5));
     }
 }

@@ -288,6 +288,11 @@ impl Gateway {
             subject: principal.and_then(|p| p.subject.as_deref().map(str::to_owned)),
             fhir_user: principal.and_then(|p| p.fhir_user.as_deref().map(str::to_owned)),
             patient: principal.and_then(|p| p.patient.as_deref().map(str::to_owned)),
+            patients: crate::ratelimit::patients::touched(req.uri.path(), req.uri.query())
+                .ids
+                .into_iter()
+                .map(|id| id.into_owned())
+                .collect(),
             jti: principal.and_then(|p| p.jti.as_deref().map(str::to_owned)),
             status,
             upstream_status: ctx.upstream_status,

@@ -137,6 +137,8 @@ async fn every_request_gets_exactly_one_audit_line_with_its_decision() {
     assert_eq!(allow["client_id"], TEST_CLIENT_ID);
     assert_eq!(allow["subject"], TEST_SUBJECT);
     assert_eq!(allow["patient"], PATIENT);
+    // The patient the request named (issue 6 "patients touched"), found by `audit query`.
+    assert_eq!(allow["patients"], serde_json::json!([PATIENT]));
     assert_eq!(allow["issuer"], stack.issuer.issuer_url());
     assert_eq!(allow["client_addr"], "127.0.0.1");
     assert_eq!(allow["user_agent"], "fhirwall-e2e/1.0");
