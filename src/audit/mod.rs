@@ -47,7 +47,7 @@ use crate::config::{AuditConfig, AuditDurability, AuditTarget};
 use crate::metrics::Metrics;
 
 use output::{FileTarget, MakeWriter, Rotation, StdoutTarget};
-use writer::{Checkpointer, Tuning};
+use writer::{Checkpointer, EventFile, Tuning};
 
 /// Why a record could not be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +177,12 @@ impl AuditSink {
             }
             _ => None,
         };
-        Self::with_parts(cfg, metrics, target, checkpoints, Tuning::default())
+        let events = cfg
+            .auditevent_path
+            .clone()
+            .map(EventFile::open)
+            .transpose()?;
+        Self::with_parts(cfg, metrics, target, checkpoints, events, Tuning::default())
     }
 
     /// Builds both halves around an already-open target, resuming its chain.
@@ -186,6 +191,7 @@ impl AuditSink {
         metrics: Arc<Metrics>,
         mut target: Box<dyn MakeWriter>,
         checkpoints: Option<Checkpointer>,
+        events: Option<EventFile>,
         tuning: Tuning,
     ) -> std::io::Result<(AuditSink, AuditWriter)> {
         let head = target.resume()?;
@@ -206,6 +212,7 @@ impl AuditSink {
             head,
             strict,
             checkpoints,
+            events,
             cfg.flush_interval,
             tuning,
             shared.clone(),
@@ -221,7 +228,7 @@ impl AuditSink {
         target: Box<dyn MakeWriter>,
         tuning: Tuning,
     ) -> (AuditSink, AuditWriter) {
-        Self::with_parts(cfg, metrics, target, None, tuning).expect("memory target resumes")
+        Self::with_parts(cfg, metrics, target, None, None, tuning).expect("memory target resumes")
     }
 
     /// True when the writer is running, its last write succeeded, and the queue has room.

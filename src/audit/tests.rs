@@ -1275,7 +1275,11 @@ mod auditevent_sink {
         assert!(!sink.is_healthy());
         // The trail took its lines once; the retries resume the AuditEvent file only.
         assert_eq!(mem.request_ids(), ids(0..5));
-        assert_eq!(metrics.audit_records.get(), 0, "records never counted as written");
+        assert_eq!(
+            metrics.audit_records.get(),
+            0,
+            "records never counted as written"
+        );
         drop(sink);
         join(task).await;
         assert_eq!(mem.request_ids(), ids(0..5));

@@ -3,7 +3,16 @@
 //!
 //! The blocking `write` runs on tokio's blocking pool so a slow target (a full pipe on
 //! stdout, a stalled network disk) never stalls a runtime worker that serves requests.
+//!
+//! With `audit.auditevent_path` set, each record is also encoded as a FHIR R4 AuditEvent
+//! (the same mapping as `fhirwall audit export --format auditevent`, [`super::fhir`]) into a
+//! second buffer that is written to that file in the same cycle. The cycle succeeds only
+//! when both files took their bytes, so a failing AuditEvent file holds the batch, marks the
+//! sink unhealthy and is retried exactly like the trail itself: no request is served whose
+//! AuditEvent could not be written. Each buffer keeps its own resume offset, so a retry after
+//! one file failed neither duplicates nor loses lines in the other.
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -14,7 +23,7 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::chain::ChainHead;
+use super::chain::{ChainHead, ChainedLine};
 use super::checkpoint::Checkpoint;
 use super::output::{MakeWriter, SyncWrite};
 use super::{Queued, Shared};
@@ -59,6 +68,8 @@ pub(super) struct Writer {
     strict: bool,
     /// `None` only while a write is in flight on the blocking pool.
     output: Option<Output>,
+    /// Records are also encoded as AuditEvents (`audit.auditevent_path` is set).
+    events: bool,
     flush_interval: Duration,
     tuning: Tuning,
     shared: Arc<Shared>,
@@ -71,6 +82,26 @@ struct Output {
     /// Dropped after a failure so the next attempt reopens the target.
     current: Option<Box<dyn SyncWrite>>,
     checkpoints: Option<Checkpointer>,
+    /// The AuditEvent NDJSON file, when configured.
+    events: Option<EventFile>,
+}
+
+/// The live AuditEvent sink: one FHIR R4 AuditEvent (IHE BALP) per line.
+pub(super) struct EventFile {
+    path: PathBuf,
+    /// Dropped after a failure so the next attempt reopens the file.
+    current: Option<File>,
+}
+
+/// Why a record could not be turned into an AuditEvent line.
+#[derive(Debug, thiserror::Error)]
+enum EventError {
+    /// The line just encoded is not a chained record (cannot happen; checked anyway).
+    #[error(transparent)]
+    Line(#[from] super::chain::LineError),
+    /// JSON (de)serialization failed.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
 }
 
 /// Signs the chain head now and then; see [`super::checkpoint`].
@@ -91,6 +122,10 @@ struct Pending {
     /// Bytes of `buf` already accepted by the target: a partial write is resumed from here,
     /// so a retry neither duplicates nor truncates a line.
     written: usize,
+    /// The AuditEvent lines of the records in `buf` (empty without an AuditEvent file).
+    events: Vec<u8>,
+    /// Bytes of `events` already accepted by the AuditEvent file.
+    events_written: usize,
     /// Records encoded in `buf`.
     records: u64,
     /// When the oldest record in `buf` was encoded: it must be written by
@@ -120,6 +155,7 @@ impl Writer {
         head: ChainHead,
         strict: bool,
         checkpoints: Option<Checkpointer>,
+        events: Option<EventFile>,
         flush_interval: Duration,
         tuning: Tuning,
         shared: Arc<Shared>,
@@ -128,10 +164,12 @@ impl Writer {
             rx,
             head,
             strict,
+            events: events.is_some(),
             output: Some(Output {
                 make,
                 current: None,
                 checkpoints,
+                events,
             }),
             flush_interval,
             tuning,
@@ -145,12 +183,18 @@ impl Writer {
         let mut pending = Pending {
             buf: Vec::with_capacity(self.tuning.high_water + 64 * 1024),
             written: 0,
+            events: Vec::new(),
+            events_written: 0,
             records: 0,
             since: None,
             waiters: Vec::new(),
         };
         let mut retry: Option<Retry> = None;
         let mut closed_at: Option<Instant> = None;
+        // When every sink was seen dropped. While a write is being retried the writer takes
+        // no records, so it would never see the queue end (`closed_at`); the shutdown budget
+        // runs from here instead, or a dead disk would hang shutdown forever.
+        let mut gone_at: Option<Instant> = None;
 
         loop {
             self.shared
@@ -158,15 +202,18 @@ impl Writer {
                 .audit_queue_depth
                 .set(i64::try_from(self.rx.len() as u64 + pending.records).unwrap_or(i64::MAX));
 
+            if gone_at.is_none() && self.rx.is_closed() {
+                gone_at = Some(Instant::now());
+            }
             if pending.buf.is_empty() {
                 if closed_at.is_some() {
                     break;
                 }
-            } else if let (Some(closed), Some(_)) = (closed_at, &retry) {
-                if closed.elapsed() >= self.tuning.shutdown_budget {
+            } else if let (Some(gone), Some(_)) = (gone_at.or(closed_at), &retry) {
+                if gone.elapsed() >= self.tuning.shutdown_budget {
                     tracing::error!(
                         audit.target = %self.shared.target,
-                        audit.lost_records = pending.records,
+                        audit.lost_records = pending.records + self.rx.len() as u64,
                         "audit writer giving up at shutdown: the target kept failing"
                     );
                     break;
@@ -231,7 +278,22 @@ impl Writer {
     fn encode(&mut self, batch: &mut Vec<Queued>, pending: &mut Pending) {
         let mut unencodable = 0u64;
         for (record, waiter) in batch.drain(..) {
-            match self.head.append(&mut pending.buf, &record) {
+            let (before, start) = (self.head, pending.buf.len());
+            let appended = self
+                .head
+                .append(&mut pending.buf, &record)
+                .map_err(EventError::from)
+                .and_then(|()| {
+                    if !self.events {
+                        return Ok(());
+                    }
+                    push_event(&pending.buf[start..], &mut pending.events).inspect_err(|_| {
+                        // Fail closed: a record without its AuditEvent is not written at all.
+                        pending.buf.truncate(start);
+                        self.head = before;
+                    })
+                });
+            match appended {
                 Ok(()) => {
                     pending.records += 1;
                     pending.waiters.extend(waiter);
@@ -269,20 +331,24 @@ impl Writer {
         };
         let mut buf = std::mem::take(&mut pending.buf);
         let mut written = pending.written;
+        let mut events = std::mem::take(&mut pending.events);
+        let mut events_written = pending.events_written;
         let (head, records, sync) = (self.head, pending.records, self.strict);
         let joined = tokio::task::spawn_blocking(move || {
-            let result = output.write_from(&buf, &mut written, sync);
+            let result = output
+                .write_from(&buf, &mut written, sync)
+                .and_then(|()| output.write_events(&events, &mut events_written, sync));
             if result.is_ok() {
                 output.after_write(buf.len() as u64, records, &head, last);
-            }
-            if result.is_ok() {
                 buf.clear();
                 written = 0;
+                events.clear();
+                events_written = 0;
             }
-            (output, buf, written, result)
+            (output, (buf, written), (events, events_written), result)
         })
         .await;
-        let (output, buf, written, result) = match joined {
+        let (output, (buf, written), (events, events_written), result) = match joined {
             Ok(parts) => parts,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => {
@@ -298,6 +364,8 @@ impl Writer {
         self.output = Some(output);
         pending.buf = buf;
         pending.written = written;
+        pending.events = events;
+        pending.events_written = events_written;
 
         match result {
             Ok(()) => {
@@ -347,6 +415,35 @@ impl Writer {
         }
         true
     }
+}
+
+/// Appends the AuditEvent of the chained `line` (as just encoded, with its newline) to `out`
+/// as one NDJSON line. The record goes through the same parse as the export reads it from
+/// the file, so the live sink and `audit export --format auditevent` agree line for line.
+/// On error `out` is left as it was.
+fn push_event(line: &[u8], out: &mut Vec<u8>) -> Result<(), EventError> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let record: serde_json::Value = serde_json::from_slice(&ChainedLine::parse(line)?.json())?;
+    let start = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, &super::fhir::audit_event(&record)) {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Writes `buf[*written..]` to `writer`, advancing `*written` past every accepted byte.
+fn write_all_from(writer: &mut dyn Write, buf: &[u8], written: &mut usize) -> io::Result<()> {
+    while *written < buf.len() {
+        match writer.write(&buf[*written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `since + interval`, saturating for absurd intervals instead of panicking.
@@ -399,20 +496,63 @@ impl Output {
             Some(writer) => writer,
             None => self.current.insert(self.make.make_writer()?),
         };
-        while *written < buf.len() {
-            match writer.write(&buf[*written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => *written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        write_all_from(&mut **writer, buf, written)?;
         writer.flush()?;
         if sync {
             writer.sync()?;
         }
         Ok(())
     }
+}
+
+impl Output {
+    /// Writes `events[*written..]` to the AuditEvent file (if any), fsyncing in strict mode.
+    fn write_events(&mut self, events: &[u8], written: &mut usize, sync: bool) -> io::Result<()> {
+        match &mut self.events {
+            Some(file) if !events.is_empty() => file.write_from(events, written, sync),
+            _ => Ok(()),
+        }
+    }
+}
+
+// === impl EventFile ===
+
+impl EventFile {
+    /// Opens `path` for append (owner-only when created); an unwritable file is a startup
+    /// error, like the trail's own file.
+    pub(super) fn open(path: PathBuf) -> io::Result<Self> {
+        let file = super::output::open_append(&path).map_err(|e| event_error(&path, e))?;
+        Ok(Self {
+            path,
+            current: Some(file),
+        })
+    }
+
+    fn write_from(&mut self, buf: &[u8], written: &mut usize, sync: bool) -> io::Result<()> {
+        let result = self.try_write_from(buf, written, sync);
+        if result.is_err() {
+            self.current = None;
+        }
+        result.map_err(|e| event_error(&self.path, e))
+    }
+
+    fn try_write_from(&mut self, buf: &[u8], written: &mut usize, sync: bool) -> io::Result<()> {
+        let file = match &mut self.current {
+            Some(file) => file,
+            None => self.current.insert(super::output::open_append(&self.path)?),
+        };
+        write_all_from(file, buf, written)?;
+        if sync {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// Names the AuditEvent file in its errors: `/readyz` and the log otherwise only name the
+/// trail's target.
+fn event_error(path: &std::path::Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("AuditEvent file {}: {e}", path.display()))
 }
 
 // === impl Checkpointer ===

@@ -98,6 +98,7 @@ const AUDIT_KEYS: &[&str] = &[
     "rotate_bytes",
     "rotate_interval",
     "checkpoint",
+    "auditevent_path",
 ];
 const AUDIT_CHECKPOINT_KEYS: &[&str] = &["key_file", "every_records", "interval"];
 const FORWARDING_KEYS: &[&str] = &["trust_forwarded_for"];
@@ -416,6 +417,19 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
         let rotate_interval = opt(r, m, "audit", "rotate_interval", None, |r, n, k| {
             positive(r, n, k, r_duration).map(Some)
         });
+        let auditevent_path = opt(r, m, "audit", "auditevent_path", None, |r, n, k| {
+            match r.string(n, k)? {
+                "" => {
+                    r.error(
+                        n.mark,
+                        k,
+                        "the AuditEvent path is empty (omit the key to turn the sink off)",
+                    );
+                    None
+                }
+                file => Some(Some(base_dir.join(file))),
+            }
+        });
         let checkpoint = match m.get("checkpoint") {
             None => Some(None),
             Some(n) => audit_checkpoint(r, n, base_dir).map(Some),
@@ -441,6 +455,7 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
             rotate_bytes: rotate_bytes?,
             rotate_interval: rotate_interval?,
             checkpoint: checkpoint?,
+            auditevent_path: auditevent_path?,
         })
     });
 

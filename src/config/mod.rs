@@ -216,6 +216,9 @@ pub struct AuditConfig {
     pub rotate_interval: Option<Duration>,
     /// Signed checkpoints of the hash chain, if configured.
     pub checkpoint: Option<AuditCheckpointConfig>,
+    /// Also append each record as a FHIR R4 AuditEvent (IHE BALP), one NDJSON line, to this
+    /// file, in the same write cycle as the trail; a failure there fails the write.
+    pub auditevent_path: Option<PathBuf>,
 }
 
 /// When a response may be released relative to its audit record reaching disk.

@@ -153,6 +153,7 @@ fn defaults_fill_every_optional_key() {
             rotate_bytes: None,
             rotate_interval: None,
             checkpoint: None,
+            auditevent_path: None,
         }
     );
     assert_eq!(
@@ -529,6 +530,48 @@ fn audit_durability_rotation_and_checkpoints_load() {
             every_records: 500,
             interval: Duration::from_secs(60),
         })
+    );
+}
+
+#[test]
+fn the_auditevent_sink_path_is_resolved_against_the_config_folder() {
+    let f = Fixture::new();
+    let src =
+        format!("{MINIMAL}audit:\n  path: audit.jsonl\n  auditevent_path: events/ae.ndjson\n");
+    let (c, _) = f.load(&src).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        c.audit.auditevent_path,
+        Some(f.dir.path().join("events/ae.ndjson"))
+    );
+    // It does not depend on the trail going to a file.
+    let (c, _) = f
+        .load(&format!(
+            "{MINIMAL}audit:\n  auditevent_path: /var/log/ae.ndjson\n"
+        ))
+        .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(c.audit.target, AuditTarget::Stdout);
+    assert_eq!(
+        c.audit.auditevent_path,
+        Some(PathBuf::from("/var/log/ae.ndjson"))
+    );
+}
+
+#[test]
+fn a_bad_auditevent_path_is_named_at_its_position() {
+    let f = Fixture::new();
+    let errors = f.errors(&format!("{MINIMAL}audit:\n  auditevent_path: ''\n"));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with(
+            "fhirwall.yaml:10:20 audit.auditevent_path | the AuditEvent path is empty"
+        ),
+        "{errors:#?}"
+    );
+    let errors = f.errors(&format!("{MINIMAL}audit:\n  auditevent_path: [a, b]\n"));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("fhirwall.yaml:10:20 audit.auditevent_path | "),
+        "{errors:#?}"
     );
 }
 
