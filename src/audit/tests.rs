@@ -300,11 +300,11 @@ async fn a_record_is_written_within_the_flush_interval_without_more_traffic() {
     let task = tokio::spawn(writer.run());
     sink.submit(record(7)).unwrap();
     // The sink stays alive and nothing else is submitted: only the interval can flush it.
-    eventually("the record to be written", || {
-        memory.request_ids() == ids(7..8)
+    // The counter moves just after the write lands: wait for both, not one then the other.
+    eventually("the record to be written and counted", || {
+        memory.request_ids() == ids(7..8) && metrics.audit_records.get() == 1
     })
     .await;
-    assert_eq!(metrics.audit_records.get(), 1);
     drop(sink);
     join(task).await;
 }
