@@ -96,6 +96,20 @@ impl MakeWriter for StdoutTarget {
 impl FileTarget {
     /// Opens (creating if needed) `path` for append.
     pub(super) fn open(path: &Path, rotation: Rotation) -> io::Result<Self> {
+        // The chain is resumed by reading the file's tail and the trail is rotated by renaming
+        // it: both need a regular file. A device or a pipe (e.g. `/dev/full`) would make the
+        // resume read forever; refuse it at start (use `path: stdout` to ship records).
+        if let Ok(meta) = std::fs::metadata(path) {
+            if !meta.is_file() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "audit file {} is not a regular file (use `audit.path: stdout` for a pipe)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         let file = open_append(path).map_err(|e| {
             io::Error::new(
                 e.kind(),

@@ -287,6 +287,23 @@ fn an_unopenable_file_is_an_error_from_open_naming_the_path() {
     assert!(err.to_string().contains("missing-dir"), "{err}");
 }
 
+#[cfg(unix)]
+#[test]
+fn a_device_or_pipe_as_the_audit_file_is_refused_at_start() {
+    // `/dev/full` used to hang the start: resuming the chain read its endless zeros.
+    let cfg = config(
+        AuditTarget::File("/dev/full".into()),
+        10,
+        Duration::from_millis(10),
+    );
+    let err = match AuditSink::open(&cfg, Arc::new(Metrics::new())) {
+        Ok(_) => panic!("a character device must not be accepted as the audit file"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+}
+
 #[test]
 fn a_zero_capacity_queue_is_refused() {
     let cfg = config(AuditTarget::Stdout, 0, Duration::from_millis(10));
