@@ -287,3 +287,49 @@ async fn an_allowed_post_is_audited_with_its_sizes_and_upstream_status() {
         Some(1.0)
     );
 }
+
+/// HIPAA 164.312(b): when the audit trail cannot be written, requests are refused (503), not
+/// served unaudited. The AuditEvent file on `/dev/full` fails every write cycle (ENOSPC).
+/// (Strict durability is covered by the SIGKILL tests; with a failing sink its first request
+/// waits for the 10 s commit deadline before its 503.)
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_failing_audit_trail_refuses_requests_instead_of_serving_them_unaudited() {
+    // batched (default): a record waits at most flush_interval in memory; once a write has
+    // failed, every later request is refused until the trail writes again.
+    let stack =
+        Stack::start_with(|b| b.config_override("{ audit: { auditevent_path: /dev/full } }")).await;
+    let token = stack.token("patient/Observation.rs", true);
+    let _ = stack
+        .get("/fhir/Observation?patient=123", Some(&token))
+        .await;
+    let mut refused = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let response = stack
+            .get("/fhir/Observation?patient=123", Some(&token))
+            .await;
+        if response.status() == 503 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "a failing audit trail must make the gateway refuse requests"
+    );
+    let served = stack.backend.request_count();
+    for _ in 0..5 {
+        let response = stack
+            .get("/fhir/Observation?patient=123", Some(&token))
+            .await;
+        assert_eq!(response.status(), 503);
+    }
+    assert_eq!(
+        stack.backend.request_count(),
+        served,
+        "nothing reaches the backend while the trail is failing"
+    );
+    let (status, ready) = stack.gateway.readyz().await;
+    assert_eq!(status, 503, "{ready}");
+}
