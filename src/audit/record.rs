@@ -20,6 +20,13 @@ pub struct AuditRecord {
     pub path: String,
     /// Query string with values of non-allowed parameters replaced by `REDACTED`.
     pub query: Option<String>,
+    /// FHIR interaction (`read`, `search-type`, `create`, ...; see the README), when the path
+    /// is below the policy's `base_path` and classifies as FHIR R4 REST.
+    pub interaction: Option<&'static str>,
+    /// FHIR resource type the request is about, when known.
+    pub resource_type: Option<String>,
+    /// FHIR resource id the request names (instance-level interactions), when known.
+    pub resource_id: Option<String>,
     /// Matched policy route id.
     pub route: Option<String>,
     /// `allow` or `deny`.

@@ -56,6 +56,31 @@ pub enum Interaction {
     BatchOrTransaction,
 }
 
+impl Interaction {
+    /// The interaction's code: the R4 `type-restful-interaction` / `system-restful-interaction`
+    /// code where one fits exactly, else a fhirwall label (`search-compartment`,
+    /// `batch-or-transaction`, which is only known after the Bundle is read).
+    pub fn code(self) -> &'static str {
+        match self {
+            Interaction::Read => "read",
+            Interaction::Vread => "vread",
+            Interaction::Update => "update",
+            Interaction::Patch => "patch",
+            Interaction::Delete => "delete",
+            Interaction::HistoryInstance => "history-instance",
+            Interaction::HistoryType => "history-type",
+            Interaction::HistorySystem => "history-system",
+            Interaction::Create => "create",
+            Interaction::SearchType => "search-type",
+            Interaction::SearchSystem => "search-system",
+            Interaction::SearchCompartment => "search-compartment",
+            Interaction::Capabilities => "capabilities",
+            Interaction::Operation => "operation",
+            Interaction::BatchOrTransaction => "batch-or-transaction",
+        }
+    }
+}
+
 /// The level an operation is invoked at (R4 operations.html "Executing an Operation").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Level {

@@ -259,7 +259,22 @@ impl Gateway {
             _ => None,
         };
         let now = Instant::now();
+        // What the request does in FHIR terms, for the auditor; a path outside the FHIR base
+        // (a legacy route) or one that does not classify leaves these empty.
+        let fhir = rt.and_then(|r| {
+            let below = req.uri.path().strip_prefix(r.policy.base_path())?;
+            let below = if below.is_empty() { "/" } else { below };
+            crate::policy::fhir::classify(&req.method, below, req.uri.query()).ok()
+        });
         AuditRecord {
+            interaction: fhir.as_ref().map(|f| f.interaction.code()),
+            resource_type: fhir
+                .as_ref()
+                .and_then(|f| f.resource_type)
+                .map(|t| t.name().to_owned()),
+            resource_id: fhir
+                .as_ref()
+                .and_then(|f| f.id.as_deref().map(str::to_owned)),
             time: format_time(ctx.arrived),
             request_id: ctx.request_id.clone(),
             client_addr: session

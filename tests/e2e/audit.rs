@@ -139,6 +139,9 @@ async fn every_request_gets_exactly_one_audit_line_with_its_decision() {
     assert_eq!(allow["patient"], PATIENT);
     // The patient the request named (issue 6 "patients touched"), found by `audit query`.
     assert_eq!(allow["patients"], serde_json::json!([PATIENT]));
+    assert_eq!(allow["interaction"], "search-type");
+    assert_eq!(allow["resource_type"], "Observation");
+    assert_eq!(allow["resource_id"], Value::Null);
     assert_eq!(allow["issuer"], stack.issuer.issuer_url());
     assert_eq!(allow["client_addr"], "127.0.0.1");
     assert_eq!(allow["user_agent"], "fhirwall-e2e/1.0");
@@ -274,6 +277,8 @@ async fn an_allowed_post_is_audited_with_its_sizes_and_upstream_status() {
     let line = record(&lines, "post-1");
     assert_eq!(line["method"], "POST");
     assert_eq!(line["route"], "observation-create");
+    assert_eq!(line["interaction"], "create");
+    assert_eq!(line["resource_type"], "Observation");
     assert_eq!(line["status"], 201);
     assert_eq!(line["upstream_status"], 201);
     assert_eq!(line["bytes_in"], 12_345);
