@@ -815,7 +815,8 @@ mod chained {
         };
         let (ids, stats) = run_query(&t, &named);
         assert_eq!(ids, ["req-0", "req-5", "req-10", "req-15"]);
-        assert_eq!((stats.indexed, stats.scanned), (rotated, 1));
+        // Every rotated file answered from its index (the active file, if not empty, is read).
+        assert_eq!(stats.indexed, rotated, "{stats:?}");
         let context = Filter {
             value: "5".into(),
             ..named
