@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod idp;
 pub mod issuer;
 pub mod keys;
+pub mod redis_server;
 pub mod server;
 
 pub use backend::{echoed, RecordedRequest, Reply, TestBackend, ECHO_HEADER, FHIR_JSON};
