@@ -160,6 +160,7 @@ pub(super) fn compile(src: &str, file: &Path) -> Result<Policy, Diagnostics> {
         warnings: r.diags,
         base_path: base_text.into(),
         rate_limits,
+        fhir: None,
     })
 }
 

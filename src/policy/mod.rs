@@ -18,6 +18,7 @@ pub mod patient;
 pub mod r4;
 pub mod route;
 pub mod scope;
+pub mod smart;
 
 pub use decision::{Decision, Denial, DenyReason, Permit};
 
@@ -43,6 +44,8 @@ pub struct Policy {
     base_path: Box<str>,
     /// `quotas:` and `distinct_patients:`.
     rate_limits: RateLimitPolicy,
+    /// The `fhir:` section: SMART enforcement derived per request under a FHIR base.
+    fhir: Option<smart::FhirSection>,
 }
 
 /// One compiled route.
@@ -114,6 +117,12 @@ impl Policy {
     /// The policy's quotas and distinct-patients guard.
     pub fn rate_limits(&self) -> &RateLimitPolicy {
         &self.rate_limits
+    }
+
+    /// The `fhir:` section, when the policy declares a FHIR base whose requests fhirwall
+    /// classifies itself (requests an explicit route does not match go there).
+    pub fn fhir(&self) -> Option<&smart::FhirSection> {
+        self.fhir.as_ref()
     }
 
     /// Every route id, in file order, for pre-registering metric labels.
