@@ -21,12 +21,13 @@ pub trait EntryCheck: Send + Sync {
 }
 
 /// One original entry as the merge sees it.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub enum Slot<'a> {
     /// Forwarded; its response entry's resource must pass the check, if any.
     Forward(Option<&'a dyn EntryCheck>),
-    /// Answered here with the denial's status and OperationOutcome.
-    Refuse(&'a Denial),
+    /// Answered here: the denial's (or a failed stored-version check's) status and
+    /// OperationOutcome.
+    Refuse(Answer),
 }
 
 /// What to do with a batch Bundle after the plan.
@@ -57,15 +58,20 @@ impl EntryCheck for ResourceCheck {
     }
 }
 
-/// The slots of an engine plan.
-pub fn slots(plan: &BatchPlan) -> Vec<Slot<'_>> {
+/// The slots of an engine plan (`realm` for the refusals' challenges).
+pub fn slots<'a>(plan: &'a BatchPlan, realm: &str) -> Vec<Slot<'a>> {
     plan.entries
         .iter()
         .map(|e| match e {
             EntryPlan::Forward(c) => Slot::Forward(c.as_ref().map(|c| c as &dyn EntryCheck)),
-            EntryPlan::Refuse(d) => Slot::Refuse(d),
+            EntryPlan::Refuse(d) => Slot::Refuse(refusal(d, realm)),
         })
         .collect()
+}
+
+/// The answer for a refused entry.
+pub fn refusal(d: &Denial, realm: &str) -> Answer {
+    Answer::for_denial(d, realm)
 }
 
 /// True when every entry is forwarded unchanged (the Bundle bytes can go as they are).
@@ -76,7 +82,7 @@ pub fn forwards_all(slots: &[Slot<'_>]) -> bool {
 /// Builds what goes upstream: the request Bundle with its refused entries removed, and every
 /// other element (`id`, `meta`, `type`, ...) kept. When nothing is left, the batch-response
 /// is built here and nothing is forwarded.
-pub fn prepare(bundle: &Value, slots: &[Slot<'_>], realm: &str) -> Result<Prepared, BatchError> {
+pub fn prepare(bundle: &Value, slots: &[Slot<'_>]) -> Result<Prepared, BatchError> {
     let Some(object) = bundle.as_object() else {
         return Err(BatchError::Request("not a JSON object"));
     };
@@ -101,7 +107,7 @@ pub fn prepare(bundle: &Value, slots: &[Slot<'_>], realm: &str) -> Result<Prepar
         let answered = slots
             .iter()
             .map(|s| match s {
-                Slot::Refuse(d) => refused_entry(&Answer::for_denial(d, realm)),
+                Slot::Refuse(a) => refused_entry(a),
                 // Unreachable: nothing is forwarded.
                 Slot::Forward(_) => refused_entry(&Answer::internal()),
             })
@@ -116,7 +122,7 @@ pub fn prepare(bundle: &Value, slots: &[Slot<'_>], realm: &str) -> Result<Prepar
 /// Puts the backend's batch-response entries back at their original positions, answers the
 /// refused entries, and replaces every response entry whose resource fails its check with a
 /// 403 entry (the data is withheld; what the backend executed stays executed).
-pub fn merge(response: Value, slots: &[Slot<'_>], realm: &str) -> Result<Value, BatchError> {
+pub fn merge(response: Value, slots: &[Slot<'_>]) -> Result<Value, BatchError> {
     let Value::Object(mut object) = response else {
         return Err(BatchError::Response("not a JSON object"));
     };
@@ -139,7 +145,7 @@ pub fn merge(response: Value, slots: &[Slot<'_>], realm: &str) -> Result<Value, 
     let mut merged = Vec::with_capacity(slots.len());
     for slot in slots {
         let entry = match slot {
-            Slot::Refuse(d) => refused_entry(&Answer::for_denial(d, realm)),
+            Slot::Refuse(a) => refused_entry(a),
             Slot::Forward(check) => {
                 // Counted above: one returned entry per forwarded slot.
                 let entry = returned.next().unwrap_or(Value::Null);
@@ -214,12 +220,15 @@ mod tests {
         }
     }
 
-    fn denial() -> Denial {
-        Denial::new(
-            DenyReason::InsufficientScope {
-                needed: "patient/Condition.c".into(),
-            },
-            "entry 1 needs patient/Condition.c",
+    fn denial() -> Answer {
+        refusal(
+            &Denial::new(
+                DenyReason::InsufficientScope {
+                    needed: "patient/Condition.c".into(),
+                },
+                "entry 1 needs patient/Condition.c",
+            ),
+            "r",
         )
     }
 
@@ -233,8 +242,12 @@ mod tests {
     #[test]
     fn only_allowed_entries_are_forwarded_and_the_rest_of_the_bundle_is_kept() {
         let d = denial();
-        let slots = [Slot::Forward(None), Slot::Refuse(&d), Slot::Forward(None)];
-        let Prepared::Forward(b) = prepare(&request(3), &slots, "r").unwrap() else {
+        let slots = [
+            Slot::Forward(None),
+            Slot::Refuse(d.clone()),
+            Slot::Forward(None),
+        ];
+        let Prepared::Forward(b) = prepare(&request(3), &slots).unwrap() else {
             panic!("expected a forward");
         };
         assert_eq!(b["id"], "b1");
@@ -251,8 +264,8 @@ mod tests {
     #[test]
     fn a_batch_with_every_entry_refused_is_answered_without_the_backend() {
         let d = denial();
-        let slots = [Slot::Refuse(&d), Slot::Refuse(&d)];
-        let Prepared::AnswerHere(b) = prepare(&request(2), &slots, "r").unwrap() else {
+        let slots = [Slot::Refuse(d.clone()), Slot::Refuse(d.clone())];
+        let Prepared::AnswerHere(b) = prepare(&request(2), &slots).unwrap() else {
             panic!("expected an answer");
         };
         assert_eq!(b["type"], "batch-response");
@@ -267,12 +280,16 @@ mod tests {
     #[test]
     fn response_entries_return_to_their_original_positions() {
         let d = denial();
-        let slots = [Slot::Refuse(&d), Slot::Forward(None), Slot::Forward(None)];
+        let slots = [
+            Slot::Refuse(d.clone()),
+            Slot::Forward(None),
+            Slot::Forward(None),
+        ];
         let response = json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
             {"response": {"status": "200 OK"}, "resource": {"resourceType": "Observation", "id": "o1"}},
             {"response": {"status": "404 Not Found"}},
         ]});
-        let m = merge(response, &slots, "r").unwrap();
+        let m = merge(response, &slots).unwrap();
         let e = m["entry"].as_array().unwrap();
         assert_eq!(e.len(), 3);
         assert_eq!(e[0]["response"]["status"], "403 Forbidden");
@@ -288,7 +305,7 @@ mod tests {
             {"response": {"status": "200 OK"}, "resource": {"resourceType": "Observation", "subject": {"reference": "Patient/123"}}},
             {"response": {"status": "200 OK"}, "resource": {"resourceType": "Observation", "subject": {"reference": "Patient/456"}}},
         ]});
-        let m = merge(response, &slots, "r").unwrap();
+        let m = merge(response, &slots).unwrap();
         assert_eq!(m["entry"][0]["response"]["status"], "200 OK");
         assert_eq!(m["entry"][1]["response"]["status"], "403 Forbidden");
         assert!(m["entry"][1].get("resource").is_none());
@@ -305,7 +322,7 @@ mod tests {
             {"response": {"status": "200 OK"}},
         ]});
         assert_eq!(
-            merge(response, &slots, "r").unwrap_err(),
+            merge(response, &slots).unwrap_err(),
             BatchError::Response("entry count")
         );
     }
@@ -314,7 +331,7 @@ mod tests {
     fn a_plan_that_does_not_match_the_bundle_is_refused() {
         let slots = [Slot::Forward(None)];
         assert_eq!(
-            prepare(&request(2), &slots, "r").unwrap_err(),
+            prepare(&request(2), &slots).unwrap_err(),
             BatchError::Request("entry count")
         );
     }

@@ -125,6 +125,9 @@ const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Paging defaults, used when the policy has no `fhir:` section at start.
 const DEFAULT_PAGE_TTL: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_MAX_LINKS: u64 = 100_000;
+/// Response bound for a held body when the policy has no `fhir:` section (explicit
+/// routes never ask for checks; this only bounds the SMART configuration).
+const DEFAULT_MAX_RESPONSE: usize = 8 * 1024 * 1024;
 
 /// Longest `reasons` text in an audit record.
 const MAX_REASONS: usize = 1024;
@@ -488,9 +491,23 @@ impl Gateway {
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         let remember_pages = checks.is_some_and(|c| c.remember_pages);
 
+        // What goes upstream: the client's request (its body exactly as read), narrowed by
+        // the engine's query items, or the batch with only its allowed entries.
+        let mut slots = checks
+            .and_then(|c| c.batch.as_ref())
+            .map(|plan| batch::slots(plan, &rt.realm));
+
         // Before-checks: the stored version must pass before the write is forwarded
-        // (SMART-SEMANTICS §3.3, A23).
+        // (SMART-SEMANTICS §3.3, A23); in a batch, a failure refuses only its entry.
         for stored in checks.map_or(&[][..], |c| &c.before[..]) {
+            let entry = stored
+                .entry
+                .filter(|i| slots.as_ref().is_some_and(|s| *i < s.len()));
+            if entry.is_some_and(|i| {
+                matches!(slots.as_ref().map(|s| &s[i]), Some(batch::Slot::Refuse(_)))
+            }) {
+                continue;
+            }
             let h = exchange::read_header(
                 session.req_header(),
                 &base,
@@ -501,8 +518,10 @@ impl Gateway {
             )?;
             ctx.upstream_sent = Some(Instant::now());
             let mut up = self.exchanger.send(&rt.upstream, h, None).await?;
-            ctx.upstream_status = Some(up.status());
-            if matches!(up.status(), 404 | 410) {
+            let status = up.status();
+            ctx.upstream_status = Some(status);
+            let gone = matches!(status, 404 | 410);
+            if gone && entry.is_none() {
                 // The resource does not exist: the backend's answer says so (R4 http.html).
                 return self.relay(session, ctx, up, None).await;
             }
@@ -510,45 +529,56 @@ impl Gateway {
                 Ok(b) => b,
                 Err(exchange::HoldError::TooLarge) => {
                     self.exchanger.release(up).await;
-                    return self
-                        .withhold(session, rt, ctx, check::too_large(max_response))
-                        .await;
+                    let answer = check::too_large(max_response);
+                    match (entry, slots.as_mut()) {
+                        (Some(i), Some(s)) => {
+                            s[i] = batch::Slot::Refuse(answer);
+                            continue;
+                        }
+                        _ => return self.withhold(session, rt, ctx, answer).await,
+                    }
                 }
                 Err(exchange::HoldError::Upstream(e)) => return Err(e),
             };
-            let status = up.status();
-            let release = if (200..300).contains(&status) {
-                check::judge(status, &held, &stored.check)
-            } else {
-                // Neither stored nor absent: the state is unknown, so the write is not
-                // forwarded (fail closed); an error outcome is passed on as the reason.
-                match check::judge(status, &held, &stored.check) {
-                    Release::Unchanged => {
-                        let header = exchange::framed(up.header.clone(), held.len())?;
-                        self.exchanger.release(up).await;
+            let header = up.header.clone();
+            self.exchanger.release(up).await;
+            let release = check::judge(status, &held, &stored.check);
+            let answer = match (release, (200..300).contains(&status)) {
+                (Release::Unchanged, true) => continue,
+                (Release::Withhold(a), _) => a,
+                // Neither stored nor checked: the state is unknown, so the write is not
+                // forwarded (fail closed); the backend's error outcome says why.
+                (Release::Unchanged, false) => {
+                    if entry.is_none() {
+                        let header = exchange::framed(header, held.len())?;
                         return self.send_held(session, ctx, header, held).await;
                     }
-                    withhold => withhold,
+                    Answer {
+                        status,
+                        www_authenticate: None,
+                        retry_after: None,
+                        issue_code: if gone { "not-found" } else { "exception" },
+                        diagnostics: format!(
+                            "the stored version of {} could not be checked (the FHIR server answered {status})",
+                            stored.path
+                        ),
+                    }
                 }
             };
-            self.exchanger.release(up).await;
-            if let Release::Withhold(answer) = release {
-                return self.withhold(session, rt, ctx, answer).await;
+            match (entry, slots.as_mut()) {
+                (Some(i), Some(s)) => s[i] = batch::Slot::Refuse(answer),
+                _ => return self.withhold(session, rt, ctx, answer).await,
             }
         }
 
-        // What goes upstream: the client's request (its body exactly as read), narrowed by
-        // the engine's query items, or the batch with only its allowed entries.
         let req = session.req_header();
         let target = upstream_target(req, checks, ctx.page_of.is_some());
-        let slots_plan = checks.and_then(|c| c.batch.as_ref());
-        let slots = slots_plan.map(batch::slots);
         let body = match (&slots, &ctx.body) {
             (Some(slots), Some(raw)) if !batch::forwards_all(slots) => {
                 let bundle: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
                     Error::because(ErrorType::InternalError, "re-reading the batch Bundle", e)
                 })?;
-                match batch::prepare(&bundle, slots, &rt.realm) {
+                match batch::prepare(&bundle, slots) {
                     Ok(batch::Prepared::Forward(b)) => Some(Bytes::from(
                         serde_json::to_vec(&b).expect("a JSON value always serializes"),
                     )),
@@ -637,7 +667,7 @@ impl Gateway {
         if let (Some(slots), true) = (&slots, success) {
             let merged = serde_json::from_slice(&held)
                 .map_err(|_| batch::BatchError::Response("not JSON"))
-                .and_then(|v| batch::merge(v, slots, &rt.realm));
+                .and_then(|v| batch::merge(v, slots));
             return match merged {
                 Ok(v) => {
                     let body = Bytes::from(
@@ -1302,14 +1332,18 @@ fn upstream_target(req: &RequestHeader, checks: Option<&Checks>, page: bool) -> 
 
 /// `fhir.paging` of the policy (ttl, max_links).
 fn paging_settings(policy: &Policy) -> (Duration, u64) {
-    let _ = policy.fhir();
-    (DEFAULT_PAGE_TTL, DEFAULT_MAX_LINKS)
+    policy
+        .fhir()
+        .map_or((DEFAULT_PAGE_TTL, DEFAULT_MAX_LINKS), |f| {
+            (f.paging_ttl(), f.paging_max_links())
+        })
 }
 
 /// `fhir.max_response_bytes` of the policy.
 fn max_response_bytes(policy: &Policy) -> usize {
-    let _ = policy.fhir();
-    8 * 1024 * 1024
+    policy
+        .fhir()
+        .map_or(DEFAULT_MAX_RESPONSE, |f| f.max_response_bytes())
 }
 
 /// The trace, short, for the audit record: the findings joined, at most [`MAX_REASONS`].
