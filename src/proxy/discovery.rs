@@ -6,14 +6,18 @@
 //! server, which fhirwall does not replace) with two members rewritten so that an app never
 //! plans on something fhirwall refuses:
 //! - `scopes_supported`: the backend's non-resource scopes (`openid`, `launch/patient`, ...)
-//!   and those of its resource scopes the engine also lists; when the backend lists no
-//!   resource scopes, the engine's own list;
+//!   and those of its resource scopes fhirwall enforces (the engine lists them, or they are
+//!   valid SMART v1/v2 scopes, which fhirwall enforces exactly as granted; an invalid one,
+//!   such as `patient/*.sr`, would be ignored in a token and is not advertised); when the
+//!   backend lists no resource scopes, the engine's own list;
 //! - `capabilities`: only the codes SMART App Launch 2.2 defines (an extension capability
 //!   fhirwall does not know cannot be vouched for).
 //!
 //! A backend without a document (a non-2xx answer) is passed through as it answered.
 
 use serde_json::{Map, Value};
+
+use crate::policy::scope::GrantedScopes;
 
 /// The path below the base.
 pub const PATH: &str = "/.well-known/smart-configuration";
@@ -96,7 +100,11 @@ fn supported_scopes(offered: &[&str], enforced: &[String]) -> Vec<String> {
         out.extend(
             offered
                 .iter()
-                .filter(|s| is_resource(s) && enforced.iter().any(|e| e == *s))
+                .filter(|s| {
+                    is_resource(s)
+                        && (enforced.iter().any(|e| e == *s)
+                            || GrantedScopes::parse([**s]).invalid_count() == 0)
+                })
                 .map(|s| (*s).to_owned()),
         );
     } else {
@@ -118,13 +126,13 @@ mod tests {
     #[test]
     fn only_enforced_resource_scopes_and_defined_capabilities_are_advertised() {
         let doc = br#"{"issuer":"https://idp","token_endpoint":"https://idp/token",
-            "scopes_supported":["openid","launch/patient","patient/*.rs","system/*.cruds"],
+            "scopes_supported":["openid","launch/patient","patient/*.rs","system/*.cruds","patient/*.sr"],
             "capabilities":["launch-standalone","permission-v2","x-vendor-magic"]}"#;
         let out: Value = serde_json::from_slice(&rewrite(doc, &enforced()).unwrap()).unwrap();
         assert_eq!(out["token_endpoint"], "https://idp/token");
         assert_eq!(
             out["scopes_supported"],
-            serde_json::json!(["openid", "launch/patient", "patient/*.rs"])
+            serde_json::json!(["openid", "launch/patient", "patient/*.rs", "system/*.cruds"])
         );
         assert_eq!(
             out["capabilities"],
