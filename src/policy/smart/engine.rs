@@ -1076,7 +1076,10 @@ impl<'a> Engine<'a> {
             let mut per_entry = Vec::with_capacity(outcomes.len());
             for o in outcomes {
                 let Ok(a) = o else { continue };
-                checks.before.extend(a.before);
+                // Atomic: any failed stored check refuses the whole transaction.
+                checks
+                    .before
+                    .extend(a.before.into_iter().map(|c| StoredCheck { entry: None, ..c }));
                 per_entry.push(a.response);
             }
             checks.response = ResourceCheck::per_entry(per_entry);
@@ -1144,7 +1147,11 @@ impl<'a> Engine<'a> {
             Some((p, q)) => (p, Some(q)),
             None => (relative, None),
         };
-        let full = format!("{}/{path}", self.sec.base_path);
+        let full = if path.is_empty() {
+            self.sec.base_path.to_string()
+        } else {
+            format!("{}/{path}", self.sec.base_path)
+        };
         if let Err(e) = crate::policy::path::check(&full) {
             return refuse(DenyReason::UnsafePath, format!("the entry's URL: {e}"));
         }
@@ -1616,15 +1623,15 @@ fn search_confined(req: &Request, patient: &str, bases: &[Box<str>]) -> bool {
     };
     let mut found = false;
     for p in &req.params {
+        if p.name.contains('.') {
+            // A chain (`patient.name=`, `subject:Patient.name=`) tests another resource; it
+            // neither confines nor is one of the confining occurrences.
+            continue;
+        }
         let (base, modifier) = match p.name.split_once(':') {
             Some((b, m)) => (b, Some(m)),
             None => (&*p.name, None),
         };
-        if base.contains('.') {
-            // A chain (`patient.name=`) tests another resource; it neither confines nor
-            // is one of the confining occurrences.
-            continue;
-        }
         let Some(patient_only) = confining(base) else {
             continue;
         };
