@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use super::check::{self, BodyRefusal};
 use super::{
-    compartment, Alternative, Assessment, BatchPlan, Checks, EntryPlan, FhirRequest,
-    FhirSection, GranularSearch, OutsideCompartment, ResourceCheck, StoredCheck, Trace, Verdict,
+    compartment, Alternative, Assessment, BatchPlan, Checks, EntryPlan, FhirRequest, FhirSection,
+    GranularSearch, OutsideCompartment, ResourceCheck, StoredCheck, Trace, Verdict,
 };
 use crate::auth::Principal;
 use crate::policy::decision::{Decision, Denial, DenyReason, Permit};
@@ -319,7 +319,11 @@ impl<'a> Engine<'a> {
         };
         if body.len() > sec.max_body_bytes {
             // The proxy enforces the bound; a caller that did not is refused, not trusted.
-            return self.deny_early(code, DenyReason::BadRequest, "the request body is too large");
+            return self.deny_early(
+                code,
+                DenyReason::BadRequest,
+                "the request body is too large",
+            );
         }
         match classified.body {
             BodyNeed::Bundle => self.bundle(req, body),
@@ -390,9 +394,7 @@ impl<'a> Engine<'a> {
     ) -> Result<Value, String> {
         if let Some(ct) = content_type.map(media_type) {
             if !is_json(ct) {
-                return Err(format!(
-                    "fhirwall checks FHIR JSON bodies only, not `{ct}`"
-                ));
+                return Err(format!("fhirwall checks FHIR JSON bodies only, not `{ct}`"));
             }
         }
         let v: Value =
@@ -432,8 +434,8 @@ impl<'a> Engine<'a> {
         let facts = self.facts(req);
         let primary = primary_target(req);
         let judge = |rq: &Requirement, letter: Letters| -> Judge {
-            let is_primary = req.interaction == Interaction::SearchSystem
-                || Some(rq.target) == primary;
+            let is_primary =
+                req.interaction == Interaction::SearchSystem || Some(rq.target) == primary;
             if !is_primary {
                 // SMART-SEMANTICS §5: what includes, chains and `_has` reach inherits the
                 // primary search's confinement.
@@ -899,27 +901,29 @@ impl<'a> Engine<'a> {
                 self.evaluate(req, &reqs, &judge, &facts, Body::None, opts)
             }
             // $lastn: a search on Observation, confined like one.
-            ("lastn", Level::Type, Some("Observation")) if opts.method == Method::GET
-                || opts.method == Method::HEAD =>
+            ("lastn", Level::Type, Some("Observation"))
+                if opts.method == Method::GET || opts.method == Method::HEAD =>
             {
                 self.trace
                     .step(R_OPERATION, "$lastn is a search on Observation");
                 let query = req.raw_query.as_deref();
                 let search = fhir::classify(&Method::GET, "Observation", query)
                     .map_err(|e| Denial::new(DenyReason::BadRequest, e.to_string()))?;
-                let mut out = self.decide(&search, Body::None, Opts {
-                    narrow_allowed: false,
-                    ..opts
-                })?;
+                let mut out = self.decide(
+                    &search,
+                    Body::None,
+                    Opts {
+                        narrow_allowed: false,
+                        ..opts
+                    },
+                )?;
                 out.code = "operation";
                 out.add_query = None;
                 Ok(out)
             }
             _ => {
-                self.trace.step(
-                    R_OPERATION,
-                    format!("${name} is not enabled by the policy"),
-                );
+                self.trace
+                    .step(R_OPERATION, format!("${name} is not enabled by the policy"));
                 Err(Denial::new(
                     DenyReason::NoRoute,
                     format!(
@@ -1037,10 +1041,9 @@ impl<'a> Engine<'a> {
         for (i, e) in entries.iter().enumerate() {
             let out = self.entry(i, e);
             match &out {
-                Ok(a) => self.trace.step(
-                    R_BUNDLE,
-                    format!("entry {i}: {} allowed", a.code),
-                ),
+                Ok(a) => self
+                    .trace
+                    .step(R_BUNDLE, format!("entry {i}: {} allowed", a.code)),
                 Err(d) => self
                     .trace
                     .step(R_BUNDLE, format!("entry {i}: refused: {}", d.detail)),
@@ -1077,9 +1080,11 @@ impl<'a> Engine<'a> {
             for o in outcomes {
                 let Ok(a) = o else { continue };
                 // Atomic: any failed stored check refuses the whole transaction.
-                checks
-                    .before
-                    .extend(a.before.into_iter().map(|c| StoredCheck { entry: None, ..c }));
+                checks.before.extend(
+                    a.before
+                        .into_iter()
+                        .map(|c| StoredCheck { entry: None, ..c }),
+                );
                 per_entry.push(a.response);
             }
             checks.response = ResourceCheck::per_entry(per_entry);
@@ -1122,7 +1127,10 @@ impl<'a> Engine<'a> {
             }
         };
         let Some(url) = request.get("url").and_then(Value::as_str) else {
-            return refuse(DenyReason::BadRequest, "the entry has no request.url".into());
+            return refuse(
+                DenyReason::BadRequest,
+                "the entry has no request.url".into(),
+            );
         };
         // R4 Bundle.entry.request.url is relative to the base; an absolute URL is only
         // accepted for this server's own base.
@@ -1334,8 +1342,7 @@ impl<'a> Engine<'a> {
         detail: impl Into<std::borrow::Cow<'static, str>>,
     ) -> Assessment {
         let detail = detail.into();
-        self.trace
-            .step(R_DECISION, format!("denied: {detail}"));
+        self.trace.step(R_DECISION, format!("denied: {detail}"));
         let d = Denial::new(reason, detail).on_route(self.sec.route_id(code), Arc::from(""));
         self.verdict(Decision::Deny(d), Checks::default())
     }
@@ -1561,12 +1568,13 @@ fn binary_json_patch(resource: &Value) -> Option<Value> {
     if resource.get("resourceType").and_then(Value::as_str) != Some("Binary") {
         return None;
     }
-    if resource.get("contentType").and_then(Value::as_str) != Some("application/json-patch+json")
-    {
+    if resource.get("contentType").and_then(Value::as_str) != Some("application/json-patch+json") {
         return None;
     }
     let data = resource.get("data").and_then(Value::as_str)?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(data).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -1677,13 +1685,11 @@ fn narrowed(params: &[fhir::SearchParam], q: &GranularQuery) -> bool {
 fn export_requirements(req: &Request) -> Result<Vec<Requirement>, fhir::Unclassifiable> {
     let rs = Letters::R.union(Letters::S);
     let mut out: Vec<Requirement> = Vec::new();
-    let mut add = |target: ScopeType, letters: Letters| match out
-        .iter_mut()
-        .find(|r| r.target == target)
-    {
-        Some(r) => r.letters = r.letters.union(letters),
-        None => out.push(Requirement { target, letters }),
-    };
+    let mut add =
+        |target: ScopeType, letters: Letters| match out.iter_mut().find(|r| r.target == target) {
+            Some(r) => r.letters = r.letters.union(letters),
+            None => out.push(Requirement { target, letters }),
+        };
     let params = match req.raw_query.as_deref() {
         Some(q) => fhir::query_params(q)?,
         None => Vec::new(),

@@ -339,11 +339,51 @@ fn the_table_is_large_enough() {
 }
 
 const SWITCH_CASES: &[Case] = &[
-    ("outside-compartment read refused by the switch (§3.4)", Some("patient/Practitioner.r"), P, "GET", "/fhir/Practitioner/9", None, "deny patient_context"),
-    ("outside-compartment search refused by the switch", Some("patient/*.rs"), P, "GET", "/fhir/Medication?code=1", None, "deny patient_context"),
-    ("compartment types are unaffected by the switch", Some("patient/Observation.rs"), P, "GET", "/fhir/Observation?patient=123", None, "allow"),
-    ("user/ on outside types is unaffected by the switch", Some("user/Practitioner.r"), P, "GET", "/fhir/Practitioner/9", None, "allow"),
-    ("includes of outside types under the switch", Some("patient/*.rs"), P, "GET", "/fhir/Observation?patient=123&_include=Observation:performer", None, "deny patient_context"),
+    (
+        "outside-compartment read refused by the switch (§3.4)",
+        Some("patient/Practitioner.r"),
+        P,
+        "GET",
+        "/fhir/Practitioner/9",
+        None,
+        "deny patient_context",
+    ),
+    (
+        "outside-compartment search refused by the switch",
+        Some("patient/*.rs"),
+        P,
+        "GET",
+        "/fhir/Medication?code=1",
+        None,
+        "deny patient_context",
+    ),
+    (
+        "compartment types are unaffected by the switch",
+        Some("patient/Observation.rs"),
+        P,
+        "GET",
+        "/fhir/Observation?patient=123",
+        None,
+        "allow",
+    ),
+    (
+        "user/ on outside types is unaffected by the switch",
+        Some("user/Practitioner.r"),
+        P,
+        "GET",
+        "/fhir/Practitioner/9",
+        None,
+        "allow",
+    ),
+    (
+        "includes of outside types under the switch",
+        Some("patient/*.rs"),
+        P,
+        "GET",
+        "/fhir/Observation?patient=123&_include=Observation:performer",
+        None,
+        "deny patient_context",
+    ),
 ];
 
 #[test]
@@ -357,7 +397,15 @@ fn the_outside_compartment_switch_refuses_patient_scopes_on_other_types() {
 #[test]
 fn narrow_mode_appends_the_granular_query_to_searches() {
     let p = policy_with("  granular_search: narrow\n");
-    let v = verdict(&p, Some(LAB), P, "GET", "/fhir/Observation?patient=123", None).unwrap();
+    let v = verdict(
+        &p,
+        Some(LAB),
+        P,
+        "GET",
+        "/fhir/Observation?patient=123",
+        None,
+    )
+    .unwrap();
     assert!(matches!(v.decision, Decision::Allow(_)));
     assert_eq!(
         v.checks.add_query.as_deref(),
@@ -407,8 +455,16 @@ fn a_transaction_with_one_refused_entry_is_refused_whole_naming_the_entry() {
         panic!("allowed")
     };
     assert_eq!(d.reason, DenyReason::PatientContext);
-    assert!(d.detail.starts_with("transaction entry 1 refused"), "{}", d.detail);
-    assert!(!d.detail.contains("456"), "no URL or id in the detail: {}", d.detail);
+    assert!(
+        d.detail.starts_with("transaction entry 1 refused"),
+        "{}",
+        d.detail
+    );
+    assert!(
+        !d.detail.contains("456"),
+        "no URL or id in the detail: {}",
+        d.detail
+    );
     assert_eq!(d.route_id.as_deref(), Some("fhir:transaction"));
 }
 
@@ -424,7 +480,15 @@ fn a_transaction_of_allowed_entries_carries_their_checks() {
              "resource": serde_json::from_str::<serde_json::Value>(OBS_123).unwrap()},
         ]),
     );
-    let v = verdict(&p, Some("patient/Observation.crds"), P, "POST", "/fhir", Some(&body)).unwrap();
+    let v = verdict(
+        &p,
+        Some("patient/Observation.crds"),
+        P,
+        "POST",
+        "/fhir",
+        Some(&body),
+    )
+    .unwrap();
     let Decision::Allow(permit) = &v.decision else {
         panic!("{:?}", v.decision)
     };
@@ -509,8 +573,15 @@ fn a_batch_plans_each_entry_in_order() {
 #[test]
 fn response_checks_refuse_other_patients_and_pass_outcomes() {
     let p = policy_with("");
-    let v = verdict(&p, Some("patient/Observation.r"), P, "GET", "/fhir/Observation/abc", None)
-        .unwrap();
+    let v = verdict(
+        &p,
+        Some("patient/Observation.r"),
+        P,
+        "GET",
+        "/fhir/Observation/abc",
+        None,
+    )
+    .unwrap();
     let check = v.checks.response.expect("check");
     let own: serde_json::Value = serde_json::from_str(OBS_123).unwrap();
     let other: serde_json::Value = serde_json::from_str(OBS_456).unwrap();
@@ -566,12 +637,25 @@ fn granular_read_checks_match_the_category() {
 #[test]
 fn stored_checks_name_the_resource_and_hold_it_to_the_patient() {
     let p = policy_with("");
-    let v = verdict(&p, Some("patient/Observation.d"), P, "DELETE", "/fhir/Observation/abc", None)
-        .unwrap();
+    let v = verdict(
+        &p,
+        Some("patient/Observation.d"),
+        P,
+        "DELETE",
+        "/fhir/Observation/abc",
+        None,
+    )
+    .unwrap();
     let s = &v.checks.before[0];
     assert_eq!(&*s.path, "Observation/abc");
-    assert!(s.check.check(&serde_json::from_str(OBS_123).unwrap()).is_ok());
-    assert!(s.check.check(&serde_json::from_str(OBS_456).unwrap()).is_err());
+    assert!(s
+        .check
+        .check(&serde_json::from_str(OBS_123).unwrap())
+        .is_ok());
+    assert!(s
+        .check
+        .check(&serde_json::from_str(OBS_456).unwrap())
+        .is_err());
 }
 
 #[test]
@@ -596,7 +680,15 @@ fn denials_name_the_minimal_scopes_in_the_tokens_context() {
         }
     );
     assert_eq!(d.route_id.as_deref(), Some("fhir:search-type"));
-    let v = verdict(&p, Some("user/Patient.r"), NOP, "GET", "/fhir/Observation/1", None).unwrap();
+    let v = verdict(
+        &p,
+        Some("user/Patient.r"),
+        NOP,
+        "GET",
+        "/fhir/Observation/1",
+        None,
+    )
+    .unwrap();
     let Decision::Deny(d) = &v.decision else {
         panic!()
     };
@@ -606,7 +698,15 @@ fn denials_name_the_minimal_scopes_in_the_tokens_context() {
             needed: "user/Observation.r".into()
         }
     );
-    let v = verdict(&p, Some("system/Patient.rs"), NOP, "GET", "/fhir/$export", None).unwrap();
+    let v = verdict(
+        &p,
+        Some("system/Patient.rs"),
+        NOP,
+        "GET",
+        "/fhir/$export",
+        None,
+    )
+    .unwrap();
     let Decision::Deny(d) = &v.decision else {
         panic!()
     };
@@ -635,20 +735,37 @@ fn permits_say_what_was_required_and_which_grants_gave_it() {
     };
     assert_eq!(permit.route_id(), "fhir:search-type");
     assert_eq!(permit.required(), "Observation.s Patient.s");
-    assert_eq!(permit.granted_by(), "patient/Observation.rs patient/Patient.rs");
+    assert_eq!(
+        permit.granted_by(),
+        "patient/Observation.rs patient/Patient.rs"
+    );
     assert!(v.checks.remember_pages);
 }
 
 #[test]
 fn the_trace_cites_the_rules_it_applied() {
     let p = policy_with("");
-    let v = verdict(&p, Some("patient/Observation.rs"), P, "GET", "/fhir/Observation?code=1", None)
-        .unwrap();
+    let v = verdict(
+        &p,
+        Some("patient/Observation.rs"),
+        P,
+        "GET",
+        "/fhir/Observation?code=1",
+        None,
+    )
+    .unwrap();
     let text = v.trace.to_string();
     assert!(text.contains("FHIR R4 http.html"), "{text}");
     assert!(text.contains("SMART-SEMANTICS §3.5"), "{text}");
-    assert!(text.contains("not confined to the context patient"), "{text}");
-    assert!(v.summary().contains("search-type on Observation"), "{}", v.summary());
+    assert!(
+        text.contains("not confined to the context patient"),
+        "{text}"
+    );
+    assert!(
+        v.summary().contains("search-type on Observation"),
+        "{}",
+        v.summary()
+    );
 }
 
 #[test]
@@ -695,7 +812,13 @@ fn the_section_exposes_its_settings() {
     assert_eq!(f.max_response_bytes(), 8 << 20);
     assert_eq!(f.paging_ttl(), std::time::Duration::from_secs(1800));
     let s = f.scopes_supported();
-    for want in ["patient/*.rs", "user/*.cruds", "system/*.rs", "launch/patient", "openid"] {
+    for want in [
+        "patient/*.rs",
+        "user/*.cruds",
+        "system/*.rs",
+        "launch/patient",
+        "openid",
+    ] {
         assert!(s.iter().any(|x| x == want), "{want}");
     }
 }
