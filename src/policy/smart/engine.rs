@@ -1059,7 +1059,7 @@ impl<'a> Engine<'a> {
             .filter_map(|o| o.as_ref().ok())
             .map(|a| a.required.as_str())
             .filter(|s| !s.is_empty())
-            .fold(String::new(), |acc, s| join_unique(acc, s));
+            .fold(String::new(), join_unique);
         let required: Arc<str> = Arc::from(required);
         if transaction {
             if let Some((i, Err(d))) = outcomes.iter().enumerate().find(|(_, o)| o.is_err()) {
