@@ -610,6 +610,7 @@ fn fhir_section(r: &mut Reader<'_>, node: &Node, base: &str) -> Option<FhirSecti
             if let Some(pn) = pm.get("parameters") {
                 if let Some(items) = r.strings(pn, "fhir.paging.parameters") {
                     page_parameters.clear();
+                    let listed = items.len();
                     for (i, (name, item)) in items.into_iter().enumerate() {
                         let valid = !name.is_empty()
                             && name
@@ -625,7 +626,7 @@ fn fhir_section(r: &mut Reader<'_>, node: &Node, base: &str) -> Option<FhirSecti
                             );
                         }
                     }
-                    if page_parameters.is_empty() {
+                    if listed == 0 {
                         r.error(
                             pn.mark,
                             "fhir.paging.parameters",

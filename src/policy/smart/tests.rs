@@ -305,6 +305,11 @@ const CASES: &[Case] = &[
     // --- paging (A22) ---
     ("a page link that is not remembered", Some("user/*.rs"), NOP, "GET", "/fhir?_getpages=abc&_getpagesoffset=10", None, "deny no_route"),
     ("_getpages below the base is an ordinary parameter", Some("user/Observation.s"), NOP, "GET", "/fhir/Observation?_getpages=abc", None, "allow"),
+    ("an encoded page parameter is still a page link", Some("user/*.rs"), NOP, "GET", "/fhir?%5Fgetpages=abc", None, "deny no_route"),
+    ("response checks need JSON", Some("patient/Observation.r"), P, "GET", "/fhir/Observation/abc?_format=xml", None, "deny bad_request"),
+    ("response checks with _format=json", Some("patient/Observation.r"), P, "GET", "/fhir/Observation/abc?_format=application/fhir%2Bjson", None, "allow response"),
+    ("unchecked reads may ask for XML", Some("user/Observation.r"), NOP, "GET", "/fhir/Observation/abc?_format=xml", None, "allow"),
+    ("HEAD of a configured GET operation", Some("patient/Patient.r"), P, "HEAD", "/fhir/Patient/123/$summary", None, "allow"),
     // --- §7 Bundles ---
     ("a Bundle POSTed to the base needs its body", Some("user/*.cruds"), NOP, "POST", "/fhir", None, "needs-body"),
     ("a collection Bundle at the base is refused", Some("user/*.cruds"), NOP, "POST", "/fhir", Some(r#"{"resourceType":"Bundle","type":"collection"}"#), "deny bad_request"),
@@ -409,7 +414,7 @@ fn narrow_mode_appends_the_granular_query_to_searches() {
     assert!(matches!(v.decision, Decision::Allow(_)));
     assert_eq!(
         v.checks.add_query.as_deref(),
-        Some("category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory")
+        Some("category=http://terminology.hl7.org/CodeSystem/observation-category%7Claboratory")
     );
     // Already narrowed: nothing to add.
     let v = verdict(
