@@ -564,7 +564,10 @@ fn fhir_section(r: &mut Reader<'_>, node: &Node, base: &str) -> Option<FhirSecti
             r,
             n,
             "fhir.granular_search",
-            &[("deny", GranularSearch::Deny), ("narrow", GranularSearch::Narrow)],
+            &[
+                ("deny", GranularSearch::Deny),
+                ("narrow", GranularSearch::Narrow),
+            ],
         ),
     };
     let max_body = size(r, m.get("max_body_bytes"), "fhir.max_body_bytes", 1 << 20);
@@ -607,6 +610,7 @@ fn fhir_section(r: &mut Reader<'_>, node: &Node, base: &str) -> Option<FhirSecti
             if let Some(pn) = pm.get("parameters") {
                 if let Some(items) = r.strings(pn, "fhir.paging.parameters") {
                     page_parameters.clear();
+                    let listed = items.len();
                     for (i, (name, item)) in items.into_iter().enumerate() {
                         let valid = !name.is_empty()
                             && name
@@ -622,7 +626,7 @@ fn fhir_section(r: &mut Reader<'_>, node: &Node, base: &str) -> Option<FhirSecti
                             );
                         }
                     }
-                    if page_parameters.is_empty() {
+                    if listed == 0 {
                         r.error(
                             pn.mark,
                             "fhir.paging.parameters",
@@ -781,7 +785,9 @@ fn operation_rule(r: &mut Reader<'_>, node: &Node, key: &str) -> Option<Operatio
                         r.error(
                             item.mark,
                             &index(&k, i),
-                            format!("`{t}` is not a FHIR R4 resource type (names are case-sensitive)"),
+                            format!(
+                                "`{t}` is not a FHIR R4 resource type (names are case-sensitive)"
+                            ),
                         );
                         ok = false;
                     }
@@ -818,7 +824,9 @@ fn operation_rule(r: &mut Reader<'_>, node: &Node, key: &str) -> Option<Operatio
                         r.error(
                             item.mark,
                             &index(&k, i),
-                            format!("`{s}`: operations are invoked with GET or POST, each listed once"),
+                            format!(
+                                "`{s}`: operations are invoked with GET or POST, each listed once"
+                            ),
                         );
                         ok = false;
                     }
@@ -856,12 +864,13 @@ fn operation_rule(r: &mut Reader<'_>, node: &Node, key: &str) -> Option<Operatio
 fn lint_broad(r: &mut Reader<'_>, req: &ScopeRequirement, mark: Mark, key: &str) {
     for s in req.any_of().iter().chain(req.all_of()) {
         let Some(rs) = s.as_resource() else { continue };
-        if rs.resource() == ScopeType::Any && rs.letters() == Letters::ALL && rs.query().is_none()
-        {
+        if rs.resource() == ScopeType::Any && rs.letters() == Letters::ALL && rs.query().is_none() {
             r.warning(
                 mark,
                 key,
-                format!("`{s}` is a broad grant: it allows every interaction on every resource type"),
+                format!(
+                    "`{s}` is a broad grant: it allows every interaction on every resource type"
+                ),
             );
         }
     }

@@ -617,23 +617,53 @@ fn an_unreadable_policy_file_is_one_diagnostic() {
     assert!(d.0[0].message.starts_with("cannot read the policy file: "));
 }
 
-// --- the shipped example policy (the dev demo relies on these routes) ---
+// --- the shipped example policy: everything under /fhir goes to the SMART engine ---
 
 fn shipped() -> Policy {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/fhir-r4.yaml");
     Policy::load(&path).unwrap_or_else(|d| panic!("{d}"))
 }
 
+/// Routes, then (on no route) the FHIR engine, as the proxy does; bodies are not read.
+fn engine(p: &Policy, method: Method, target: &str, who: Option<&Principal>) -> Decision {
+    use super::smart::{Assessment, FhirRequest};
+    let (path, query) = match target.split_once('?') {
+        Some((a, b)) => (a, Some(b)),
+        None => (target, None),
+    };
+    match p.route(&method, path) {
+        Ok(m) => p.authorize(&m, path, query, who),
+        Err(d) if d.reason != DenyReason::NoRoute => Decision::Deny(d),
+        Err(d) => {
+            let Some(f) = p.fhir().filter(|f| path.starts_with(f.base_path())) else {
+                return Decision::Deny(d);
+            };
+            let req = FhirRequest {
+                method: &method,
+                path,
+                query,
+                if_none_exist: None,
+                content_type: None,
+                body: None,
+            };
+            match f.assess(&req, who) {
+                Assessment::Verdict(v) => v.decision,
+                Assessment::NeedsBody { .. } => panic!("needs a body"),
+            }
+        }
+    }
+}
+
 #[test]
-fn the_shipped_policy_confines_patient_reads_by_the_id_segment() {
+fn the_shipped_policy_confines_patient_reads_to_the_context_patient() {
     let p = shipped();
     let who = principal(
         "openid fhirUser launch/patient patient/Patient.r",
         Some("123"),
     );
-    let ok = permit(decide(&p, Method::GET, "/fhir/Patient/123", Some(&who)));
-    assert_eq!(ok.route_id(), "patient-read");
-    let d = denial(decide(&p, Method::GET, "/fhir/Patient/456", Some(&who)));
+    let ok = permit(engine(&p, Method::GET, "/fhir/Patient/123", Some(&who)));
+    assert_eq!(ok.route_id(), "fhir:read");
+    let d = denial(engine(&p, Method::GET, "/fhir/Patient/456", Some(&who)));
     assert_eq!(d.reason, DenyReason::PatientContext);
     for scopes in [
         "user/Patient.r",
@@ -641,7 +671,7 @@ fn the_shipped_policy_confines_patient_reads_by_the_id_segment() {
         "patient/Patient.read user/Patient.read",
     ] {
         let who = principal(scopes, None);
-        permit(decide(&p, Method::GET, "/fhir/Patient/456", Some(&who)));
+        permit(engine(&p, Method::GET, "/fhir/Patient/456", Some(&who)));
     }
 }
 
@@ -649,14 +679,14 @@ fn the_shipped_policy_confines_patient_reads_by_the_id_segment() {
 fn the_shipped_policy_confines_observation_searches_by_the_patient_parameter() {
     let p = shipped();
     let who = principal("patient/Observation.s", Some("123"));
-    let ok = permit(decide(
+    let ok = permit(engine(
         &p,
         Method::GET,
         "/fhir/Observation?patient=123",
         Some(&who),
     ));
-    assert_eq!(ok.route_id(), "observation-search");
-    let d = denial(decide(
+    assert_eq!(ok.route_id(), "fhir:search-type");
+    let d = denial(engine(
         &p,
         Method::GET,
         "/fhir/Observation?patient=456",
@@ -664,7 +694,7 @@ fn the_shipped_policy_confines_observation_searches_by_the_patient_parameter() {
     ));
     assert_eq!(d.reason, DenyReason::PatientContext);
     let who = principal("patient/Observation.r", Some("123"));
-    let d = denial(decide(
+    let d = denial(engine(
         &p,
         Method::GET,
         "/fhir/Observation?patient=123",
@@ -679,45 +709,39 @@ fn the_shipped_policy_confines_observation_searches_by_the_patient_parameter() {
 }
 
 #[test]
-fn the_shipped_policy_has_public_discovery_and_the_documented_routes() {
+fn the_shipped_policy_has_public_discovery_and_enforces_smart_everywhere_else() {
     let p = shipped();
-    permit(decide(&p, Method::GET, "/fhir/metadata", None));
-    permit(decide(
+    assert!(p.route_ids().is_empty());
+    permit(engine(&p, Method::GET, "/fhir/metadata", None));
+    permit(engine(
         &p,
         Method::GET,
         "/fhir/.well-known/smart-configuration",
         None,
     ));
     assert_eq!(
-        denial(decide(&p, Method::POST, "/fhir/metadata", None)).reason,
+        denial(engine(&p, Method::POST, "/fhir/metadata", None)).reason,
+        DenyReason::BadRequest
+    );
+    assert_eq!(
+        denial(engine(&p, Method::GET, "/fhir/Observation/1", None)).reason,
+        DenyReason::MissingToken
+    );
+    assert_eq!(
+        denial(engine(&p, Method::GET, "/other", None)).reason,
         DenyReason::NoRoute
     );
-    let ids: Vec<String> = p.route_ids().iter().map(|s| s.to_string()).collect();
-    for t in [
-        "observation",
-        "condition",
-        "medication-request",
-        "allergy-intolerance",
-        "encounter",
-    ] {
-        assert!(ids.contains(&format!("{t}-read")), "{t}");
-        assert!(ids.contains(&format!("{t}-search")), "{t}");
-    }
-    assert!(ids.contains(&"patient-search".to_owned()));
-    let who = principal("user/Observation.c", None);
-    let ok = permit(decide(&p, Method::POST, "/fhir/Observation", Some(&who)));
-    assert_eq!(ok.route_id(), "observation-create");
     let who = principal("patient/*.rs", Some("123"));
-    let ok = permit(decide(
+    let ok = permit(engine(
         &p,
         Method::GET,
         "/fhir/Patient/123/$everything",
         Some(&who),
     ));
-    assert_eq!(ok.route_id(), "patient-everything");
+    assert_eq!(ok.route_id(), "fhir:operation");
     let who = principal("patient/Patient.s", Some("123"));
-    permit(decide(&p, Method::GET, "/fhir/Patient?_id=123", Some(&who)));
-    denial(decide(
+    permit(engine(&p, Method::GET, "/fhir/Patient?_id=123", Some(&who)));
+    denial(engine(
         &p,
         Method::GET,
         "/fhir/Patient?name=smith",
@@ -731,4 +755,163 @@ fn policies_and_matches_can_cross_threads_and_awaits() {
     send_sync::<Policy>();
     send_sync::<RouteMatch<'static>>();
     send_sync::<Decision>();
+}
+
+// --- the `fhir:` section and its lint ---
+
+fn warnings(src: &str) -> Vec<String> {
+    let p = Policy::parse(src, Path::new("p.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    p.warnings()
+        .0
+        .iter()
+        .map(|d| format!("{}:{} {} | {}", d.line, d.col, d.key, d.message))
+        .collect()
+}
+
+#[test]
+fn every_bad_fhir_key_is_reported_with_its_position_and_key() {
+    let src = "\
+version: 1
+base_path: /fhir
+fhir:
+  version: R5
+  patient_scopes_outside_compartmnt: deny
+  granular_search: filter
+  max_body_bytes: 0
+  server_urls: [ftp://x]
+  paging:
+    ttl: 0s
+    max_links: 0
+    parameters: ['a b']
+  operations:
+    - name: $validate
+      level: system
+      types: [Observation]
+      methods: [PUT]
+      scopes: { any_of: [user/Observation.r] }
+    - name: graphql
+      level: galaxy
+      scopes: {}
+routes: []
+";
+    assert_eq!(
+        errors(src),
+        [
+            "4:12 fhir.version | unsupported FHIR version `R5`; this fhirwall enforces R4",
+            "5:3 fhir.patient_scopes_outside_compartmnt | unknown key `patient_scopes_outside_compartmnt`; did you mean `patient_scopes_outside_compartment`?",
+            "6:20 fhir.granular_search | unknown value `filter`; expected one of: deny, narrow",
+            "7:19 fhir.max_body_bytes | must be a byte count above zero",
+            "8:17 fhir.server_urls[0] | `ftp://x` is not an absolute http(s) base URL without query or fragment",
+            "10:10 fhir.paging.ttl | the ttl must be above zero",
+            "11:16 fhir.paging.max_links | must be at least 1",
+            "12:18 fhir.paging.parameters[0] | invalid query parameter name `a b`",
+            "14:13 fhir.operations[0].name | invalid operation name `$validate` (write it without `$`, e.g. `validate`)",
+            "16:7 fhir.operations[0].types | a system-level operation has no types",
+            "17:17 fhir.operations[0].methods[0] | `PUT`: operations are invoked with GET or POST, each listed once",
+            "20:14 fhir.operations[1].level | unknown value `galaxy`; expected one of: system, type, instance",
+            "21:15 fhir.operations[1].scopes | list at least one scope in `any_of` or `all_of`",
+        ]
+    );
+}
+
+#[test]
+fn a_fhir_section_needs_its_version() {
+    let e = errors("version: 1\nbase_path: /fhir\nfhir: {}\nroutes: []\n");
+    assert_eq!(e, ["3:7 fhir.version | missing required key `version`"]);
+}
+
+#[test]
+fn a_fhir_section_compiles_its_settings_and_defaults() {
+    let p = Policy::parse(
+        "version: 1\nbase_path: /fhir\nfhir:\n  version: R4\n  granular_search: narrow\n  server_urls: [https://ehr.example.org/fhir/]\n  paging: { parameters: [_getpages, page], ttl: 5m, max_links: 10 }\nroutes: []\n",
+        Path::new("p.yaml"),
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let f = p.fhir().unwrap();
+    assert_eq!(f.base_path(), "/fhir");
+    assert_eq!(f.granular_search(), smart::GranularSearch::Narrow);
+    assert_eq!(f.outside_compartment(), smart::OutsideCompartment::Allow);
+    assert_eq!(&*f.server_urls()[0], "https://ehr.example.org/fhir");
+    assert_eq!(f.page_parameters().len(), 2);
+    assert_eq!(f.paging_ttl(), std::time::Duration::from_secs(300));
+    assert_eq!(f.paging_max_links(), 10);
+    assert!(p.warnings().0.is_empty(), "{}", p.warnings());
+}
+
+#[test]
+fn lint_warns_about_broad_grants_routes_that_bypass_the_engine_and_scopes_never_needed() {
+    let src = "\
+version: 1
+base_path: /fhir
+fhir:
+  version: R4
+  operations:
+    - name: purge
+      level: instance
+      scopes: { any_of: [system/*.*] }
+routes:
+  - id: everything
+    methods: [GET]
+    path: /Patient/{id}/$everything
+    scopes: { any_of: [user/*.cruds] }
+  - id: legacy
+    methods: [GET]
+    path: /legacy
+    scopes: { any_of: [user/Patient.r, user/Patient.rs] }
+";
+    let src = src.replace("path: /legacy", "path: /x");
+    let w = warnings(&src);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("`system/*.*` is a broad grant")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.contains("`user/*.cruds` is a broad grant")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.contains("route `everything` is under the FHIR base")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().any(|w| w.contains("routes[1].scopes.any_of[1]")
+            && w.contains("`user/Patient.rs` is never needed")),
+        "{w:?}"
+    );
+    // Explicit routes under the base are matched first (the route's own rules).
+    let p = Policy::parse(&src, Path::new("p.yaml")).unwrap();
+    let who = principal("user/*.cruds", None);
+    let ok = permit(decide(
+        &p,
+        Method::GET,
+        "/fhir/Patient/1/$everything",
+        Some(&who),
+    ));
+    assert_eq!(ok.route_id(), "everything");
+}
+
+#[test]
+fn explain_reports_the_route_or_engine_decision() {
+    let p = shipped();
+    let who = principal("patient/Observation.rs", Some("123"));
+    let e = p.explain_request(
+        &Method::GET,
+        "https://gw.example.org/fhir/Observation/abc",
+        None,
+        Some(&who),
+    );
+    assert!(e.allowed, "{}", e.text);
+    assert!(e.text.contains("decided by: FHIR engine"), "{}", e.text);
+    assert!(
+        e.text.contains("response body is held and checked"),
+        "{}",
+        e.text
+    );
+    let text = p.explain(&Method::GET, "/elsewhere", None, Some(&who));
+    assert!(text.contains("default deny"), "{text}");
+    let text = p.explain(&Method::GET, "/fhir/../x", None, Some(&who));
+    assert!(text.contains("path safety"), "{text}");
 }

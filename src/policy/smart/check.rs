@@ -80,7 +80,9 @@ impl ResourceCheck {
                 // order; anything else cannot be matched up, so it is refused.
                 let entries = bundle_entries(resource)
                     .filter(|_| resource.get("type").and_then(Value::as_str) != Some("searchset"))
-                    .ok_or_else(|| violation("the response is not a transaction-response Bundle"))?;
+                    .ok_or_else(|| {
+                        violation("the response is not a transaction-response Bundle")
+                    })?;
                 if entries.len() != checks.len() {
                     return Err(violation(
                         "the transaction-response does not have one entry per request entry",
@@ -198,9 +200,7 @@ pub(super) enum BodyRefusal {
 impl BodyRefusal {
     pub(super) fn detail(self) -> &'static str {
         match self {
-            BodyRefusal::NoPatient => {
-                "the resource written does not reference the context patient"
-            }
+            BodyRefusal::NoPatient => "the resource written does not reference the context patient",
             BodyRefusal::OtherPatient => {
                 "the resource written references a patient other than the context patient"
             }

@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use super::check::{self, BodyRefusal};
 use super::{
-    compartment, Alternative, Assessment, BatchPlan, Checks, EntryPlan, FhirRequest,
-    FhirSection, GranularSearch, OutsideCompartment, ResourceCheck, StoredCheck, Trace, Verdict,
+    compartment, Alternative, Assessment, BatchPlan, Checks, EntryPlan, FhirRequest, FhirSection,
+    GranularSearch, OutsideCompartment, ResourceCheck, StoredCheck, Trace, Verdict,
 };
 use crate::auth::Principal;
 use crate::policy::decision::{Decision, Denial, DenyReason, Permit};
@@ -238,11 +238,7 @@ impl<'a> Engine<'a> {
         // them up first and assesses the original search instead).
         if below.trim_start_matches('/').is_empty() {
             if let Some(q) = req.query {
-                let page = q.split('&').any(|pair| {
-                    let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-                    sec.page_parameters.iter().any(|p| **p == *name)
-                });
-                if page {
+                if self.is_page_link(q) {
                     self.trace.step(
                         R_PAGING,
                         "a page link at the base that is not a remembered search's",
@@ -319,7 +315,11 @@ impl<'a> Engine<'a> {
         };
         if body.len() > sec.max_body_bytes {
             // The proxy enforces the bound; a caller that did not is refused, not trusted.
-            return self.deny_early(code, DenyReason::BadRequest, "the request body is too large");
+            return self.deny_early(
+                code,
+                DenyReason::BadRequest,
+                "the request body is too large",
+            );
         }
         match classified.body {
             BodyNeed::Bundle => self.bundle(req, body),
@@ -379,6 +379,19 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// True when a query at the base carries a page parameter (names compared after
+    /// percent-decoding, as the server reads them). An unreadable query is left to the
+    /// classifier, which refuses it.
+    fn is_page_link(&self, q: &str) -> bool {
+        let params = self.sec.page_parameters.iter();
+        match fhir::query_params(q) {
+            Ok(ps) => ps
+                .iter()
+                .any(|p| params.clone().any(|name| **name == *p.name)),
+            Err(_) => false,
+        }
+    }
+
     /// A create/update body: JSON, a resource of the URL's type, and for an update the
     /// URL's id (R4 http.html#update: "the request body SHALL be a Resource with an id
     /// element that has an identical value to the [id] in the URL").
@@ -390,9 +403,7 @@ impl<'a> Engine<'a> {
     ) -> Result<Value, String> {
         if let Some(ct) = content_type.map(media_type) {
             if !is_json(ct) {
-                return Err(format!(
-                    "fhirwall checks FHIR JSON bodies only, not `{ct}`"
-                ));
+                return Err(format!("fhirwall checks FHIR JSON bodies only, not `{ct}`"));
             }
         }
         let v: Value =
@@ -432,8 +443,8 @@ impl<'a> Engine<'a> {
         let facts = self.facts(req);
         let primary = primary_target(req);
         let judge = |rq: &Requirement, letter: Letters| -> Judge {
-            let is_primary = req.interaction == Interaction::SearchSystem
-                || Some(rq.target) == primary;
+            let is_primary =
+                req.interaction == Interaction::SearchSystem || Some(rq.target) == primary;
             if !is_primary {
                 // SMART-SEMANTICS §5: what includes, chains and `_has` reach inherits the
                 // primary search's confinement.
@@ -461,6 +472,18 @@ impl<'a> Engine<'a> {
             }
         };
         let mut out = self.evaluate(req, &req.requirements, &judge, &facts, body, opts)?;
+        if out.response.is_some() && !json_format(&req.params) {
+            // The response must be read to be checked; fhirwall reads FHIR JSON only.
+            self.trace.step(
+                R_CLASSIFY,
+                "the response must be checked, and `_format` asks for something other than JSON",
+            );
+            return Err(Denial::new(
+                DenyReason::BadRequest,
+                "this response is checked by fhirwall, which needs it as JSON: remove `_format` or ask for json",
+            )
+            .on_route(self.sec.route_id(code_of(req)), Arc::from(out.required)));
+        }
         out.remember_pages = matches!(
             req.interaction,
             Interaction::SearchType
@@ -800,7 +823,7 @@ impl<'a> Engine<'a> {
                     && opts.narrow_allowed
                     && matches!(cond, Cond::Free)
                 {
-                    Ok(Cond::Narrow(q.as_str().into()))
+                    Ok(Cond::Narrow(encode_query(q)))
                 } else {
                     Err(Why::GranularNotNarrowed)
                 }
@@ -844,7 +867,8 @@ impl<'a> Engine<'a> {
                 && r.types
                     .as_ref()
                     .is_none_or(|ts| t.is_some_and(|t| ts.contains(&t)))
-                && r.methods.contains(opts.method)
+                && (r.methods.contains(opts.method)
+                    || (opts.method == Method::HEAD && r.methods.contains(&Method::GET)))
         });
         if let Some(rule) = configured {
             return self.configured_operation(req, rule);
@@ -899,27 +923,29 @@ impl<'a> Engine<'a> {
                 self.evaluate(req, &reqs, &judge, &facts, Body::None, opts)
             }
             // $lastn: a search on Observation, confined like one.
-            ("lastn", Level::Type, Some("Observation")) if opts.method == Method::GET
-                || opts.method == Method::HEAD =>
+            ("lastn", Level::Type, Some("Observation"))
+                if opts.method == Method::GET || opts.method == Method::HEAD =>
             {
                 self.trace
                     .step(R_OPERATION, "$lastn is a search on Observation");
                 let query = req.raw_query.as_deref();
                 let search = fhir::classify(&Method::GET, "Observation", query)
                     .map_err(|e| Denial::new(DenyReason::BadRequest, e.to_string()))?;
-                let mut out = self.decide(&search, Body::None, Opts {
-                    narrow_allowed: false,
-                    ..opts
-                })?;
+                let mut out = self.decide(
+                    &search,
+                    Body::None,
+                    Opts {
+                        narrow_allowed: false,
+                        ..opts
+                    },
+                )?;
                 out.code = "operation";
                 out.add_query = None;
                 Ok(out)
             }
             _ => {
-                self.trace.step(
-                    R_OPERATION,
-                    format!("${name} is not enabled by the policy"),
-                );
+                self.trace
+                    .step(R_OPERATION, format!("${name} is not enabled by the policy"));
                 Err(Denial::new(
                     DenyReason::NoRoute,
                     format!(
@@ -1037,10 +1063,9 @@ impl<'a> Engine<'a> {
         for (i, e) in entries.iter().enumerate() {
             let out = self.entry(i, e);
             match &out {
-                Ok(a) => self.trace.step(
-                    R_BUNDLE,
-                    format!("entry {i}: {} allowed", a.code),
-                ),
+                Ok(a) => self
+                    .trace
+                    .step(R_BUNDLE, format!("entry {i}: {} allowed", a.code)),
                 Err(d) => self
                     .trace
                     .step(R_BUNDLE, format!("entry {i}: refused: {}", d.detail)),
@@ -1056,7 +1081,7 @@ impl<'a> Engine<'a> {
             .filter_map(|o| o.as_ref().ok())
             .map(|a| a.required.as_str())
             .filter(|s| !s.is_empty())
-            .fold(String::new(), |acc, s| join_unique(acc, s));
+            .fold(String::new(), join_unique);
         let required: Arc<str> = Arc::from(required);
         if transaction {
             if let Some((i, Err(d))) = outcomes.iter().enumerate().find(|(_, o)| o.is_err()) {
@@ -1076,7 +1101,12 @@ impl<'a> Engine<'a> {
             let mut per_entry = Vec::with_capacity(outcomes.len());
             for o in outcomes {
                 let Ok(a) = o else { continue };
-                checks.before.extend(a.before);
+                // Atomic: any failed stored check refuses the whole transaction.
+                checks.before.extend(
+                    a.before
+                        .into_iter()
+                        .map(|c| StoredCheck { entry: None, ..c }),
+                );
                 per_entry.push(a.response);
             }
             checks.response = ResourceCheck::per_entry(per_entry);
@@ -1119,7 +1149,10 @@ impl<'a> Engine<'a> {
             }
         };
         let Some(url) = request.get("url").and_then(Value::as_str) else {
-            return refuse(DenyReason::BadRequest, "the entry has no request.url".into());
+            return refuse(
+                DenyReason::BadRequest,
+                "the entry has no request.url".into(),
+            );
         };
         // R4 Bundle.entry.request.url is relative to the base; an absolute URL is only
         // accepted for this server's own base.
@@ -1144,9 +1177,19 @@ impl<'a> Engine<'a> {
             Some((p, q)) => (p, Some(q)),
             None => (relative, None),
         };
-        let full = format!("{}/{path}", self.sec.base_path);
+        let full = if path.is_empty() {
+            self.sec.base_path.to_string()
+        } else {
+            format!("{}/{path}", self.sec.base_path)
+        };
         if let Err(e) = crate::policy::path::check(&full) {
             return refuse(DenyReason::UnsafePath, format!("the entry's URL: {e}"));
+        }
+        if path.is_empty() && query.is_some_and(|q| self.is_page_link(q)) {
+            return refuse(
+                DenyReason::NoRoute,
+                "page links are not accepted inside a Bundle".into(),
+            );
         }
         if path == ".well-known/smart-configuration" || path == "metadata" {
             return refuse(
@@ -1216,10 +1259,15 @@ impl<'a> Engine<'a> {
         let mut needed = String::new();
         let mut detail = String::new();
         for (target, letters, whys) in missing {
-            if !needed.is_empty() {
-                needed.push(' ');
+            // Letters held but unusable only for the patient context are not fixed by
+            // asking for the same scope again; the others are.
+            let scope_fixes = whys.is_empty() || whys.iter().any(|w| !w.is_patient());
+            if scope_fixes {
+                if !needed.is_empty() {
+                    needed.push(' ');
+                }
+                let _ = write!(needed, "{family}/{target}.{letters}");
             }
-            let _ = write!(needed, "{family}/{target}.{letters}");
             if !detail.is_empty() {
                 detail.push_str("; ");
             }
@@ -1327,8 +1375,7 @@ impl<'a> Engine<'a> {
         detail: impl Into<std::borrow::Cow<'static, str>>,
     ) -> Assessment {
         let detail = detail.into();
-        self.trace
-            .step(R_DECISION, format!("denied: {detail}"));
+        self.trace.step(R_DECISION, format!("denied: {detail}"));
         let d = Denial::new(reason, detail).on_route(self.sec.route_id(code), Arc::from(""));
         self.verdict(Decision::Deny(d), Checks::default())
     }
@@ -1512,6 +1559,43 @@ fn join_unique(mut acc: String, s: &str) -> String {
     acc
 }
 
+/// True unless a `_format` parameter asks for a non-JSON representation.
+fn json_format(params: &[fhir::SearchParam]) -> bool {
+    params
+        .iter()
+        .filter(|p| &*p.name == "_format")
+        .all(|p| p.value.contains("json"))
+}
+
+/// Percent-encodes a granular query for appending to a URL: items stay `name=value` joined
+/// by `&`; everything but unreserved characters and `:` `/` inside names and values is
+/// encoded (`|` becomes `%7C`).
+fn encode_query(q: &GranularQuery) -> Box<str> {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b':')
+        .remove(b'/');
+    let mut out = String::new();
+    for (n, v) in q.pairs() {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        // Scope values may already carry percent-encoding; decode once, encode once.
+        let n = percent_encoding::percent_decode_str(n).decode_utf8_lossy();
+        let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+        let _ = write!(
+            out,
+            "{}={}",
+            percent_encoding::utf8_percent_encode(&n, SET),
+            percent_encoding::utf8_percent_encode(&v, SET)
+        );
+    }
+    out.into_boxed_str()
+}
+
 /// The media type of a Content-Type value, without parameters.
 fn media_type(ct: &str) -> &str {
     ct.split(';').next().unwrap_or("").trim()
@@ -1554,12 +1638,13 @@ fn binary_json_patch(resource: &Value) -> Option<Value> {
     if resource.get("resourceType").and_then(Value::as_str) != Some("Binary") {
         return None;
     }
-    if resource.get("contentType").and_then(Value::as_str) != Some("application/json-patch+json")
-    {
+    if resource.get("contentType").and_then(Value::as_str) != Some("application/json-patch+json") {
         return None;
     }
     let data = resource.get("data").and_then(Value::as_str)?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(data).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -1616,15 +1701,15 @@ fn search_confined(req: &Request, patient: &str, bases: &[Box<str>]) -> bool {
     };
     let mut found = false;
     for p in &req.params {
+        if p.name.contains('.') {
+            // A chain (`patient.name=`, `subject:Patient.name=`) tests another resource; it
+            // neither confines nor is one of the confining occurrences.
+            continue;
+        }
         let (base, modifier) = match p.name.split_once(':') {
             Some((b, m)) => (b, Some(m)),
             None => (&*p.name, None),
         };
-        if base.contains('.') {
-            // A chain (`patient.name=`) tests another resource; it neither confines nor
-            // is one of the confining occurrences.
-            continue;
-        }
         let Some(patient_only) = confining(base) else {
             continue;
         };
@@ -1670,13 +1755,11 @@ fn narrowed(params: &[fhir::SearchParam], q: &GranularQuery) -> bool {
 fn export_requirements(req: &Request) -> Result<Vec<Requirement>, fhir::Unclassifiable> {
     let rs = Letters::R.union(Letters::S);
     let mut out: Vec<Requirement> = Vec::new();
-    let mut add = |target: ScopeType, letters: Letters| match out
-        .iter_mut()
-        .find(|r| r.target == target)
-    {
-        Some(r) => r.letters = r.letters.union(letters),
-        None => out.push(Requirement { target, letters }),
-    };
+    let mut add =
+        |target: ScopeType, letters: Letters| match out.iter_mut().find(|r| r.target == target) {
+            Some(r) => r.letters = r.letters.union(letters),
+            None => out.push(Requirement { target, letters }),
+        };
     let params = match req.raw_query.as_deref() {
         Some(q) => fhir::query_params(q)?,
         None => Vec::new(),
