@@ -347,22 +347,7 @@ impl Gateway {
     ) -> Result<Evaluated, (Denial, Answer)> {
         let body = match body::read(session, max).await {
             Ok(b) => b,
-            Err(e) => {
-                let (status, code) = match e {
-                    body::BodyError::TooLarge { .. } => (413, "too-costly"),
-                    body::BodyError::BadLength | body::BodyError::Read(_) => (400, "invalid"),
-                    body::BodyError::Timeout => (408, "timeout"),
-                };
-                let denial = Denial::new(DenyReason::BadRequest, e.to_string());
-                let answer = Answer {
-                    status,
-                    www_authenticate: None,
-                    retry_after: None,
-                    issue_code: code,
-                    diagnostics: e.to_string(),
-                };
-                return Err((denial, answer));
-            }
+            Err(e) => return Err(body_refusal(e)),
         };
         ctx.body = Some(body);
         let req = session.req_header();
@@ -470,6 +455,20 @@ impl Gateway {
         rt: &Runtime,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if ctx.body.is_none() && has_body(session.req_header()) {
+            // Checks without a body read for the decision: the body still goes upstream
+            // through this exchange, so it is read here, under the same bound.
+            let max = rt.policy.fhir().map_or(0, |f| f.max_body_bytes());
+            match body::read(session, max).await {
+                Ok(b) => ctx.body = Some(b),
+                Err(e) => {
+                    let (denial, answer) = body_refusal(e);
+                    log_denial(&denial, &ctx.request_id);
+                    ctx.decision = Some(Decision::Deny(denial));
+                    return self.send_answer(session, rt, ctx, answer).await;
+                }
+            }
+        }
         // Out of the context while the exchange borrows it mutably; back for `logging`.
         let fhir = ctx.fhir.take();
         let result = self
@@ -1274,6 +1273,35 @@ impl ProxyHttp for Gateway {
 /// any other request with a token is decided once, with it.
 fn may_be_public(path: &str) -> bool {
     path.ends_with("/metadata") || path.ends_with(discovery::PATH)
+}
+
+/// The refusal of a body that could not be read: 413 over the bound, 400 for a malformed
+/// length or a broken connection, 408 too slow.
+fn body_refusal(e: body::BodyError) -> (Denial, Answer) {
+    let (status, code) = match e {
+        body::BodyError::TooLarge { .. } => (413, "too-costly"),
+        body::BodyError::BadLength | body::BodyError::Read(_) => (400, "invalid"),
+        body::BodyError::Timeout => (408, "timeout"),
+    };
+    let answer = Answer {
+        status,
+        www_authenticate: None,
+        retry_after: None,
+        issue_code: code,
+        diagnostics: e.to_string(),
+    };
+    (Denial::new(DenyReason::BadRequest, e.to_string()), answer)
+}
+
+/// Whether the request announces a body (RFC 9112 §6.3: `Transfer-Encoding` or a non-zero
+/// `Content-Length`).
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 /// The facts of a request as the client sent it.
