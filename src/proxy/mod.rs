@@ -1381,22 +1381,10 @@ fn max_response_bytes(policy: &Policy) -> usize {
         .map_or(DEFAULT_MAX_RESPONSE, |f| f.max_response_bytes())
 }
 
-/// The trace, short, for the audit record: the findings joined, at most [`MAX_REASONS`].
+/// The trace, short, for the audit record: its summary, at most [`MAX_REASONS`] bytes.
 fn reasons(trace: &Trace) -> Option<String> {
-    if trace.steps.is_empty() {
-        return None;
-    }
-    let mut out = String::new();
-    for s in &trace.steps {
-        if !out.is_empty() {
-            out.push_str("; ");
-        }
-        out.push_str(&s.finding);
-        if out.len() > MAX_REASONS {
-            break;
-        }
-    }
-    Some(truncate(&out, MAX_REASONS).to_owned())
+    let summary = trace.summary();
+    (!summary.is_empty()).then(|| truncate(&summary, MAX_REASONS).to_owned())
 }
 
 fn log_denial(d: &Denial, request_id: &str) {
