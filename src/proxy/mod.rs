@@ -1426,3 +1426,67 @@ pub fn format_time(t: SystemTime) -> String {
         .format(&fmt)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build(method, target.as_bytes(), None).unwrap();
+        for (n, v) in headers {
+            req.insert_header(n.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn narrowing_items_are_appended_except_to_a_page_request() {
+        let checks = Checks {
+            add_query: Some("category=laboratory".into()),
+            ..Checks::default()
+        };
+        let req = request("GET", "/fhir/Observation?patient=123", &[]);
+        assert_eq!(
+            upstream_target(&req, Some(&checks), false),
+            "/fhir/Observation?patient=123&category=laboratory"
+        );
+        assert_eq!(
+            upstream_target(&req, Some(&checks), true),
+            "/fhir/Observation?patient=123"
+        );
+        let bare = request("GET", "/fhir/Observation", &[]);
+        assert_eq!(
+            upstream_target(&bare, Some(&checks), false),
+            "/fhir/Observation?category=laboratory"
+        );
+        assert_eq!(upstream_target(&bare, None, false), "/fhir/Observation");
+    }
+
+    #[test]
+    fn a_body_is_announced_by_its_length_or_chunked_coding() {
+        assert!(!has_body(&request("PUT", "/x", &[])));
+        assert!(!has_body(&request("PUT", "/x", &[("content-length", "0")])));
+        assert!(has_body(&request("PUT", "/x", &[("content-length", "12")])));
+        assert!(has_body(&request(
+            "PUT",
+            "/x",
+            &[("transfer-encoding", "chunked")]
+        )));
+    }
+
+    #[test]
+    fn only_discovery_endpoints_are_probed_without_the_token() {
+        assert!(may_be_public("/fhir/metadata"));
+        assert!(may_be_public("/fhir/.well-known/smart-configuration"));
+        assert!(!may_be_public("/fhir/Patient/123"));
+        assert!(!may_be_public("/fhir"));
+    }
+
+    #[test]
+    fn a_body_over_the_bound_answers_413() {
+        let (denial, answer) = body_refusal(body::BodyError::TooLarge { max: 10 });
+        assert_eq!((answer.status, answer.issue_code), (413, "too-costly"));
+        assert_eq!(denial.reason, DenyReason::BadRequest);
+        assert_eq!(body_refusal(body::BodyError::Timeout).1.status, 408);
+    }
+}
