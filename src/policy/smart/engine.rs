@@ -662,7 +662,69 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        if r.conds.is_empty()
+            && r.whys.contains(&Why::GranularNotNarrowed)
+            && judge == Judge::Search
+            && is_primary_search(facts.req, target)
+        {
+            if let Some(grants) = self.granular_union(principal, target, facts, body) {
+                r.conds = grants.into_iter().map(|i| (i, Cond::Free)).collect();
+            }
+        }
         r
+    }
+
+    /// SMART-SEMANTICS §6 item 2 [interpretation]: a comma list on one parameter whose
+    /// values come from several granted single-item granular scopes on that parameter is
+    /// covered by their union. Returns the grants used.
+    fn granular_union(
+        &self,
+        principal: &Principal,
+        target: ScopeType,
+        facts: &Facts<'_>,
+        body: Body<'_>,
+    ) -> Option<Vec<usize>> {
+        // Usable single-item granular `s` grants on the type: (index, name, decoded value).
+        let mut items: Vec<(usize, &str, String)> = Vec::new();
+        for (i, g) in principal.scopes.resource_scopes() {
+            let Some(q) = g.query() else { continue };
+            if !g.resource().covers(target) || !g.letters().contains(Letters::S) {
+                continue;
+            }
+            let usable = match g.context() {
+                Context::User | Context::System => true,
+                Context::Patient => matches!(
+                    self.patient_cond(Judge::Search, target, Letters::S, facts, body),
+                    Ok(Cond::Free)
+                ),
+            };
+            let mut pairs = q.pairs();
+            if let (true, Some((n, v)), None) = (usable, pairs.next(), pairs.next()) {
+                let v = percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                items.push((i, n, v));
+            }
+        }
+        for p in &facts.req.params {
+            let values: Vec<&str> = p.value.split(',').collect();
+            let mut used = Vec::new();
+            let covered = values.iter().all(|v| {
+                match items.iter().find(|(_, n, iv)| *n == &*p.name && iv == v) {
+                    Some((i, _, _)) => {
+                        if !used.contains(i) {
+                            used.push(*i);
+                        }
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if covered && !used.is_empty() {
+                return Some(used);
+            }
+        }
+        None
     }
 
     /// SMART-SEMANTICS §3.3 and §3.4 for a `patient/` grant.
