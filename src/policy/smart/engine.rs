@@ -234,23 +234,6 @@ impl<'a> Engine<'a> {
                 .step(R_PUBLIC, "SMART configuration: public, no token needed");
             return self.allow_public("smart-configuration");
         }
-        // Page links carry no type: only a remembered search may use them (the proxy looks
-        // them up first and assesses the original search instead).
-        if below.trim_start_matches('/').is_empty() {
-            if let Some(q) = req.query {
-                if self.is_page_link(q) {
-                    self.trace.step(
-                        R_PAGING,
-                        "a page link at the base that is not a remembered search's",
-                    );
-                    return self.deny_early(
-                        "page",
-                        DenyReason::NoRoute,
-                        "unknown or expired page link",
-                    );
-                }
-            }
-        }
         let classified = fhir::classify(req.method, below, req.query).and_then(|r| {
             match req.if_none_exist {
                 Some(c) if r.interaction == Interaction::Create => r.with_if_none_exist(c),
@@ -260,6 +243,35 @@ impl<'a> Engine<'a> {
                 None => Ok(r),
             }
         });
+        if let Ok(r) = &classified {
+            if r.interaction == Interaction::Capabilities {
+                self.trace
+                    .step(R_PUBLIC, "capabilities (metadata): public, no token needed");
+                return self.allow_public("capabilities");
+            }
+        }
+        // SMART-SEMANTICS §3.5 step 2: everything else needs a token before it is looked
+        // at further (RFC 6750 §3.1: no credentials -> 401 without an error code).
+        if self.principal.is_none() {
+            self.trace.step(R_TOKEN, "no bearer token");
+            let code = classified.as_ref().map_or("unclassified", code_of);
+            return self.deny_early(
+                code,
+                DenyReason::MissingToken,
+                "this FHIR request requires a bearer token",
+            );
+        }
+        // Page links carry no type: only a remembered search may use them (the proxy looks
+        // them up first and assesses the original search instead).
+        if below.trim_start_matches('/').is_empty()
+            && req.query.is_some_and(|q| self.is_page_link(q))
+        {
+            self.trace.step(
+                R_PAGING,
+                "a page link at the base that is not a remembered search's",
+            );
+            return self.deny_early("page", DenyReason::NoRoute, "unknown or expired page link");
+        }
         let mut classified = match classified {
             Ok(r) => r,
             Err(e) => {
@@ -269,21 +281,7 @@ impl<'a> Engine<'a> {
                 return self.deny_early("unclassified", DenyReason::BadRequest, e.to_string());
             }
         };
-        if classified.interaction == Interaction::Capabilities {
-            self.trace
-                .step(R_PUBLIC, "capabilities (metadata): public, no token needed");
-            return self.allow_public("capabilities");
-        }
         let code = code_of(&classified);
-        let Some(principal) = self.principal else {
-            self.trace.step(R_TOKEN, "no bearer token");
-            return self.deny_early(
-                code,
-                DenyReason::MissingToken,
-                "this FHIR request requires a bearer token",
-            );
-        };
-        let _ = principal;
 
         // Bodies the decision depends on (SMART-SEMANTICS §3.3 body, §4 POST _search, §7).
         let needs_body = match classified.body {
@@ -304,9 +302,12 @@ impl<'a> Engine<'a> {
                 let out = self.decide(&classified, Body::None, opts);
                 return self.finish(out);
             }
-            // Refuse what no body could make allowed before reading one.
-            if let Err(d) = self.precheck(&classified) {
-                return self.finish(Err(d));
+            // Refuse what no body could make allowed before reading one (a `_search` form
+            // or a Bundle can still change the requirements; a write's body cannot).
+            if classified.body == BodyNeed::None {
+                if let Err(d) = self.precheck(&classified) {
+                    return self.finish(Err(d));
+                }
             }
             self.trace.step(R_CLASSIFY, "the request body is needed");
             return Assessment::NeedsBody {

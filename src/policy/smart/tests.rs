@@ -153,7 +153,10 @@ const CASES: &[Case] = &[
     // --- §9 public discovery ---
     ("metadata is public (A19)", None, NOP, "GET", "/fhir/metadata", None, "allow"),
     ("HEAD metadata is public", None, NOP, "HEAD", "/fhir/metadata", None, "allow"),
-    ("POST metadata is not public", None, NOP, "POST", "/fhir/metadata", None, "deny bad_request"),
+    ("POST metadata is not public", None, NOP, "POST", "/fhir/metadata", None, "deny missing_token"),
+    ("POST metadata with a token is malformed", Some("user/*.rs"), NOP, "POST", "/fhir/metadata", None, "deny bad_request"),
+    ("a page link without a token: 401 first", None, NOP, "GET", "/fhir?_getpages=abc", None, "deny missing_token"),
+    ("an unknown type without a token: 401 first (§3.5 order)", None, NOP, "GET", "/fhir/patient/1", None, "deny missing_token"),
     ("smart-configuration is public (SAL2 conformance)", None, NOP, "GET", "/fhir/.well-known/smart-configuration", None, "allow"),
     ("no token on data: 401 (RFC 6750 §3.1)", None, NOP, "GET", "/fhir/Patient/123", None, "deny missing_token"),
     // --- §12 paths and unknown types ---
@@ -280,6 +283,8 @@ const CASES: &[Case] = &[
     ("patient/ conditional delete: criteria unconfined", Some("patient/Observation.ds"), P, "DELETE", "/fhir/Observation?code=1", None, "deny patient_context"),
     ("conditional delete needs s", Some("user/Observation.d"), NOP, "DELETE", "/fhir/Observation?code=1", None, "deny insufficient_scope"),
     // --- POST _search (§4) ---
+    ("POST system _search narrowed by the form's _type", Some("user/Observation.s"), NOP, "POST", "/fhir/_search", Some("_type=Observation"), "allow"),
+    ("POST system _search: the form's _type needs its s", Some("user/Condition.s"), NOP, "POST", "/fhir/_search", Some("_type=Observation"), "deny insufficient_scope"),
     ("POST _search reads the form", Some("patient/Observation.s"), P, "POST", "/fhir/Observation/_search", None, "needs-body"),
     ("POST _search form confines", Some("patient/Observation.s"), P, "POST", "/fhir/Observation/_search", Some("patient=123&code=1"), "allow"),
     ("POST _search form unconfined", Some("patient/Observation.s"), P, "POST", "/fhir/Observation/_search", Some("code=1"), "deny patient_context"),
