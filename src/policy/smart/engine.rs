@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use super::check::{self, BodyRefusal};
 use super::{
-    compartment, Alternative, Assessment, BatchPlan, Checks, EntryPlan, FhirRequest, FhirSection,
-    GranularSearch, OutsideCompartment, ResourceCheck, StoredCheck, Trace, Verdict,
+    compartment, Alternative, Assessment, BatchPlan, Checks, Classified, EntryPlan, FhirRequest,
+    FhirSection, GranularSearch, OutsideCompartment, ResourceCheck, StoredCheck, Trace, Verdict,
 };
 use crate::auth::Principal;
 use crate::policy::decision::{Decision, Denial, DenyReason, Permit};
@@ -86,6 +86,7 @@ pub(super) fn assess(
             .and_then(|p| p.patient.as_deref())
             .filter(|p| is_fhir_id(p)),
         trace: Trace::default(),
+        classified: None,
     };
     e.top(req)
 }
@@ -98,6 +99,8 @@ struct Engine<'a> {
     /// unusable: SMART-SEMANTICS A15).
     patient: Option<&'a str>,
     trace: Trace,
+    /// The request's audit facts, once classified.
+    classified: Option<Classified>,
 }
 
 /// What a written body or patch looks like, for the checks that need it.
@@ -282,6 +285,14 @@ impl<'a> Engine<'a> {
             }
         };
         let code = code_of(&classified);
+        self.classified = Some(Classified {
+            interaction: code,
+            resource_type: classified.resource_type,
+            resource_id: classified
+                .id
+                .clone()
+                .or_else(|| classified.compartment.as_ref().map(|(_, id)| id.clone())),
+        });
 
         // Bodies the decision depends on (SMART-SEMANTICS §3.3 body, §4 POST _search, §7).
         let needs_body = match classified.body {
@@ -1444,10 +1455,22 @@ impl<'a> Engine<'a> {
     }
 
     fn verdict(&mut self, decision: Decision, checks: Checks) -> Assessment {
+        let request = self.classified.take().map(|mut c| {
+            // A Bundle is only known as a batch or a transaction once it is read.
+            if let Some(code) = decision.route_id().and_then(|r| r.strip_prefix("fhir:")) {
+                if c.interaction == "batch-or-transaction" {
+                    if let Some(&known) = ROUTE_CODES.iter().find(|&&k| k == code) {
+                        c.interaction = known;
+                    }
+                }
+            }
+            c
+        });
         Assessment::Verdict(Box::new(Verdict {
             decision,
             checks,
             trace: std::mem::take(&mut self.trace),
+            request,
         }))
     }
 }

@@ -506,6 +506,10 @@ fn a_transaction_of_allowed_entries_carries_their_checks() {
         panic!("{:?}", v.decision)
     };
     assert_eq!(permit.route_id(), "fhir:transaction");
+    assert_eq!(
+        v.request.as_ref().map(|c| c.interaction),
+        Some("transaction")
+    );
     assert_eq!(v.checks.before.len(), 1);
     assert_eq!(&*v.checks.before[0].path, "Observation/def");
     assert_eq!(v.checks.before[0].entry, None);
@@ -661,6 +665,10 @@ fn stored_checks_name_the_resource_and_hold_it_to_the_patient() {
     .unwrap();
     let s = &v.checks.before[0];
     assert_eq!(&*s.path, "Observation/abc");
+    assert_eq!(
+        v.request.as_ref().and_then(|c| c.resource_id.as_deref()),
+        Some("abc")
+    );
     assert!(s
         .check
         .check(&serde_json::from_str(OBS_123).unwrap())
@@ -747,6 +755,11 @@ fn permits_say_what_was_required_and_which_grants_gave_it() {
         panic!()
     };
     assert_eq!(permit.route_id(), "fhir:search-type");
+    let c = v.request.as_ref().expect("classified");
+    assert_eq!(
+        (c.interaction, c.resource_type.map(|t| t.name())),
+        ("search-type", Some("Observation"))
+    );
     assert_eq!(permit.required(), "Observation.s Patient.s");
     assert_eq!(
         permit.granted_by(),
