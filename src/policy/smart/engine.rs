@@ -762,7 +762,7 @@ impl<'a> Engine<'a> {
             }
         }
         let req = facts.req;
-        let is_patient = target == patient_type();
+        let is_patient = is_patient_type(target);
         let own_id = req.id.as_deref() == Some(p);
         let alt = || Alternative {
             target,
@@ -1037,7 +1037,7 @@ impl<'a> Engine<'a> {
         // Only `Patient/<ctx>/$op` can be confined by the URL; elsewhere patient/ scopes
         // of a configured operation do not hold (fail closed).
         let confined = rule.level == Level::Instance
-            && req.resource_type == Some(patient_type_rt())
+            && req.resource_type.is_some_and(|t| t.name() == "Patient")
             && self.patient.is_some()
             && req.id.as_deref() == self.patient;
         let ev = rule.scopes.evaluate(&principal.scopes, || confined);
@@ -1518,13 +1518,9 @@ impl Why {
 
 // === helpers ===
 
-fn patient_type_rt() -> ResourceType {
-    // "Patient" is an R4 resource type; the table is compiled in.
-    ResourceType::from_name("Patient").unwrap_or_else(|| unreachable!("Patient is an R4 type"))
-}
-
-fn patient_type() -> ScopeType {
-    ScopeType::Type(patient_type_rt())
+/// True for the `Patient` type.
+fn is_patient_type(t: ScopeType) -> bool {
+    matches!(t, ScopeType::Type(t) if t.name() == "Patient")
 }
 
 /// The route code of a classified request.
