@@ -721,7 +721,7 @@ fn the_shipped_policy_has_public_discovery_and_enforces_smart_everywhere_else() 
     ));
     assert_eq!(
         denial(engine(&p, Method::POST, "/fhir/metadata", None)).reason,
-        DenyReason::BadRequest
+        DenyReason::MissingToken
     );
     assert_eq!(
         denial(engine(&p, Method::GET, "/fhir/Observation/1", None)).reason,
@@ -914,4 +914,61 @@ fn explain_reports_the_route_or_engine_decision() {
     assert!(text.contains("default deny"), "{text}");
     let text = p.explain(&Method::GET, "/fhir/../x", None, Some(&who));
     assert!(text.contains("path safety"), "{text}");
+}
+
+#[test]
+fn lint_warns_about_routes_a_more_specific_route_shadows_for_some_methods() {
+    let src = "\
+version: 1
+routes:
+  - id: anything
+    methods: [GET, DELETE]
+    path: /api/{*rest}
+    scopes: { any_of: [api.read] }
+  - id: item-update
+    methods: [PUT]
+    path: /api/items/{id}
+    scopes: { any_of: [api.write] }
+  - id: item-read
+    methods: [GET, PUT]
+    path: /api/other/{id}
+    scopes: { any_of: [api.read] }
+";
+    let w = warnings(src);
+    assert!(
+        w.iter().any(|w| w.contains(
+            "route `anything` is shadowed on `/api/items/{}` paths: route `item-update` matches them more specifically but does not allow GET, DELETE"
+        )),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().any(|w| w.contains("route `anything` is shadowed on `/api/other/{}` paths: route `item-read` matches them more specifically but does not allow DELETE")),
+        "{w:?}"
+    );
+    assert_eq!(w.len(), 2, "{w:?}");
+    // The warning is true: GET /api/items/1 has no route.
+    let p = Policy::parse(src, Path::new("p.yaml")).unwrap();
+    let who = principal("api.read", None);
+    assert_eq!(
+        denial(decide(&p, Method::GET, "/api/items/1", Some(&who))).reason,
+        DenyReason::NoRoute
+    );
+    permit(decide(&p, Method::GET, "/api/items/1/x", Some(&who)));
+}
+
+#[test]
+fn a_literal_carve_out_with_other_methods_is_not_reported_as_shadowing() {
+    let src = "\
+version: 1
+routes:
+  - id: report-read
+    methods: [GET]
+    path: /reports/{id}
+    scopes: { any_of: [reports.read] }
+  - id: report-export
+    methods: [POST]
+    path: /reports/export
+    scopes: { any_of: [reports.export] }
+";
+    assert!(warnings(src).is_empty(), "{:?}", warnings(src));
 }

@@ -153,7 +153,10 @@ const CASES: &[Case] = &[
     // --- §9 public discovery ---
     ("metadata is public (A19)", None, NOP, "GET", "/fhir/metadata", None, "allow"),
     ("HEAD metadata is public", None, NOP, "HEAD", "/fhir/metadata", None, "allow"),
-    ("POST metadata is not public", None, NOP, "POST", "/fhir/metadata", None, "deny bad_request"),
+    ("POST metadata is not public", None, NOP, "POST", "/fhir/metadata", None, "deny missing_token"),
+    ("POST metadata with a token is malformed", Some("user/*.rs"), NOP, "POST", "/fhir/metadata", None, "deny bad_request"),
+    ("a page link without a token: 401 first", None, NOP, "GET", "/fhir?_getpages=abc", None, "deny missing_token"),
+    ("an unknown type without a token: 401 first (§3.5 order)", None, NOP, "GET", "/fhir/patient/1", None, "deny missing_token"),
     ("smart-configuration is public (SAL2 conformance)", None, NOP, "GET", "/fhir/.well-known/smart-configuration", None, "allow"),
     ("no token on data: 401 (RFC 6750 §3.1)", None, NOP, "GET", "/fhir/Patient/123", None, "deny missing_token"),
     // --- §12 paths and unknown types ---
@@ -262,6 +265,9 @@ const CASES: &[Case] = &[
     ("granular search not narrowed (A5)", Some(LAB), P, "GET", "/fhir/Observation?patient=123", None, "deny insufficient_scope"),
     ("granular search with code only (A6)", Some(LAB), P, "GET", "/fhir/Observation?patient=123&category=laboratory", None, "deny insufficient_scope"),
     ("granular search with another category in a list", Some(LAB), P, "GET", "/fhir/Observation?patient=123&category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory,http://terminology.hl7.org/CodeSystem/observation-category|vital-signs", None, "deny insufficient_scope"),
+    ("granular union: a comma list covered by two granular scopes (§6)", Some("patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"), P, "GET", "/fhir/Observation?patient=123&category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory,http://terminology.hl7.org/CodeSystem/observation-category|vital-signs", None, "allow"),
+    ("granular union does not cover a third value", Some("patient/Observation.rs?category=a|1 patient/Observation.rs?category=a|2"), P, "GET", "/fhir/Observation?patient=123&category=a|1,a|3", None, "deny insufficient_scope"),
+    ("granular union still needs confinement", Some("patient/Observation.rs?category=a|1 patient/Observation.rs?category=a|2"), P, "GET", "/fhir/Observation?category=a|1,a|2", None, "deny patient_context"),
     ("granular read is checked on the response", Some(LAB), P, "GET", "/fhir/Observation/abc", None, "allow response"),
     ("granular user/ read is checked on the response", Some(USER_LAB), NOP, "GET", "/fhir/Observation/abc", None, "allow response"),
     ("resource-level grant makes granular irrelevant", Some("user/Observation.rs user/Observation.rs?category=x|y"), NOP, "GET", "/fhir/Observation?code=1", None, "allow"),
@@ -277,6 +283,8 @@ const CASES: &[Case] = &[
     ("patient/ conditional delete: criteria unconfined", Some("patient/Observation.ds"), P, "DELETE", "/fhir/Observation?code=1", None, "deny patient_context"),
     ("conditional delete needs s", Some("user/Observation.d"), NOP, "DELETE", "/fhir/Observation?code=1", None, "deny insufficient_scope"),
     // --- POST _search (§4) ---
+    ("POST system _search narrowed by the form's _type", Some("user/Observation.s"), NOP, "POST", "/fhir/_search", Some("_type=Observation"), "allow"),
+    ("POST system _search: the form's _type needs its s", Some("user/Condition.s"), NOP, "POST", "/fhir/_search", Some("_type=Observation"), "deny insufficient_scope"),
     ("POST _search reads the form", Some("patient/Observation.s"), P, "POST", "/fhir/Observation/_search", None, "needs-body"),
     ("POST _search form confines", Some("patient/Observation.s"), P, "POST", "/fhir/Observation/_search", Some("patient=123&code=1"), "allow"),
     ("POST _search form unconfined", Some("patient/Observation.s"), P, "POST", "/fhir/Observation/_search", Some("code=1"), "deny patient_context"),
@@ -498,6 +506,10 @@ fn a_transaction_of_allowed_entries_carries_their_checks() {
         panic!("{:?}", v.decision)
     };
     assert_eq!(permit.route_id(), "fhir:transaction");
+    assert_eq!(
+        v.request.as_ref().map(|c| c.interaction),
+        Some("transaction")
+    );
     assert_eq!(v.checks.before.len(), 1);
     assert_eq!(&*v.checks.before[0].path, "Observation/def");
     assert_eq!(v.checks.before[0].entry, None);
@@ -653,6 +665,10 @@ fn stored_checks_name_the_resource_and_hold_it_to_the_patient() {
     .unwrap();
     let s = &v.checks.before[0];
     assert_eq!(&*s.path, "Observation/abc");
+    assert_eq!(
+        v.request.as_ref().and_then(|c| c.resource_id.as_deref()),
+        Some("abc")
+    );
     assert!(s
         .check
         .check(&serde_json::from_str(OBS_123).unwrap())
@@ -739,6 +755,11 @@ fn permits_say_what_was_required_and_which_grants_gave_it() {
         panic!()
     };
     assert_eq!(permit.route_id(), "fhir:search-type");
+    let c = v.request.as_ref().expect("classified");
+    assert_eq!(
+        (c.interaction, c.resource_type.map(|t| t.name())),
+        ("search-type", Some("Observation"))
+    );
     assert_eq!(permit.required(), "Observation.s Patient.s");
     assert_eq!(
         permit.granted_by(),
