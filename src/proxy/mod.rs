@@ -42,7 +42,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::audit::{redact_query, AuditRecord, AuditSink};
 use crate::auth::{bearer, Authenticator, Principal};
 use crate::metrics::{method_label, status_class, Metrics};
-use crate::policy::smart::{Checks, Trace};
+use crate::policy::smart::{Checks, Classified, Trace};
 use crate::policy::{Decision, Denial, DenyReason, Policy};
 use crate::ratelimit::{Limiter, RequestKeys, RequestLimits, RATELIMIT, RATELIMIT_POLICY};
 use check::Release;
@@ -116,6 +116,8 @@ pub struct FhirOutcome {
     pub checks: Checks,
     /// Why the engine decided as it did.
     pub trace: Trace,
+    /// What the engine classified the request as (for the audit record).
+    pub request: Option<Classified>,
 }
 
 /// Longest wait for a record to be committed (strict durability) before the response is
@@ -867,22 +869,35 @@ impl Gateway {
             _ => None,
         };
         let now = Instant::now();
-        // What the request does in FHIR terms, for the auditor; a path outside the FHIR base
-        // (a legacy route) or one that does not classify leaves these empty.
-        let fhir = rt.and_then(|r| {
-            let below = req.uri.path().strip_prefix(r.policy.base_path())?;
-            let below = if below.is_empty() { "/" } else { below };
-            crate::policy::fhir::classify(&req.method, below, req.uri.query()).ok()
-        });
+        // What the request does in FHIR terms, for the auditor: as the engine classified it,
+        // or (an explicit route under the base) as the classifier reads the request line; a
+        // path outside the FHIR base or one that does not classify leaves these empty.
+        let engine = ctx.fhir.as_ref().and_then(|f| f.request.as_ref());
+        let fhir = match engine {
+            Some(_) => None,
+            None => rt.and_then(|r| {
+                let below = req.uri.path().strip_prefix(r.policy.base_path())?;
+                let below = if below.is_empty() { "/" } else { below };
+                crate::policy::fhir::classify(&req.method, below, req.uri.query()).ok()
+            }),
+        };
+        let (interaction, resource_type, resource_id) = match (engine, &fhir) {
+            (Some(c), _) => (
+                Some(c.interaction),
+                c.resource_type.map(|t| t.name().to_owned()),
+                c.resource_id.as_deref().map(str::to_owned),
+            ),
+            (None, Some(f)) => (
+                Some(f.interaction.code()),
+                f.resource_type.map(|t| t.name().to_owned()),
+                f.id.as_deref().map(str::to_owned),
+            ),
+            (None, None) => (None, None, None),
+        };
         AuditRecord {
-            interaction: fhir.as_ref().map(|f| f.interaction.code()),
-            resource_type: fhir
-                .as_ref()
-                .and_then(|f| f.resource_type)
-                .map(|t| t.name().to_owned()),
-            resource_id: fhir
-                .as_ref()
-                .and_then(|f| f.id.as_deref().map(str::to_owned)),
+            interaction,
+            resource_type,
+            resource_id,
             time: format_time(ctx.arrived),
             request_id: ctx.request_id.clone(),
             client_addr: session
@@ -1005,6 +1020,7 @@ impl ProxyHttp for Gateway {
                 ctx.fhir = Some(FhirOutcome {
                     checks: v.checks,
                     trace: v.trace,
+                    request: v.request,
                 });
                 v.decision
             }
