@@ -163,6 +163,7 @@ pub fn forward_header(
     body_len: usize,
     upstream: &Upstream,
     client: Option<&SocketAddr>,
+    proto: &'static str,
     request_id: &str,
 ) -> pingora::Result<RequestHeader> {
     let mut req = client_req.clone();
@@ -174,7 +175,7 @@ pub fn forward_header(
     if body_len > 0 || !matches!(req.method, http::Method::GET | http::Method::HEAD) {
         req.insert_header(http::header::CONTENT_LENGTH, body_len)?;
     }
-    upstream.prepare_request(&mut req, client, "http", request_id)?;
+    upstream.prepare_request(&mut req, client, proto, request_id)?;
     Ok(req)
 }
 
@@ -186,6 +187,7 @@ pub fn read_header(
     path: &str,
     upstream: &Upstream,
     client: Option<&SocketAddr>,
+    proto: &'static str,
     request_id: &str,
 ) -> pingora::Result<RequestHeader> {
     let mut req = client_req.clone();
@@ -199,7 +201,7 @@ pub fn read_header(
         req.remove_header(h);
     }
     req.remove_header(&http::header::ACCEPT_ENCODING);
-    upstream.prepare_request(&mut req, client, "http", request_id)?;
+    upstream.prepare_request(&mut req, client, proto, request_id)?;
     Ok(req)
 }
 

