@@ -482,3 +482,44 @@ async fn without_a_smart_configuration_upstream_its_answer_is_passed_on() {
     assert_eq!(response.status(), 404);
     assert_eq!(json_of(response).await["resourceType"], "OperationOutcome");
 }
+
+#[tokio::test]
+async fn a_response_larger_than_the_check_bound_is_withheld() {
+    let stack = stack().await;
+    let token = stack.token("patient/Observation.r", true);
+    let mut big = observation("o-big", "123");
+    big["note"] = json!([{ "text": "z".repeat(70_000) }]);
+    stack
+        .backend
+        .set_reply_for_path("/fhir/Observation/o-big", fhir_reply(200, &big));
+    let response = stack.get("/fhir/Observation/o-big", Some(&token)).await;
+    refusal(response, 403, "forbidden").await;
+}
+
+#[tokio::test]
+async fn a_batch_read_of_another_patients_resource_becomes_a_403_entry() {
+    let stack = stack().await;
+    let token = stack.token("patient/Observation.r", true);
+    let request = batch("batch", &["Observation/o-own", "Observation/o-foreign"]);
+    let upstream_answer = json!({
+        "resourceType": "Bundle", "type": "batch-response",
+        "entry": [
+            { "response": { "status": "200 OK" }, "resource": observation("o-own", "123") },
+            { "response": { "status": "200 OK" }, "resource": observation("o-foreign", "456") },
+        ],
+    });
+    stack
+        .backend
+        .set_reply_for_path("/fhir", fhir_reply(200, &upstream_answer));
+    let response = post(&stack, "/fhir", &token, request.to_string()).await;
+    assert_eq!(response.status(), 200);
+    let answer = json_of(response).await;
+    let entries = answer["entry"].as_array().unwrap();
+    assert_eq!(entries[0]["resource"]["id"], "o-own");
+    assert_eq!(entries[1]["response"]["status"], "403 Forbidden");
+    assert!(entries[1].get("resource").is_none(), "{answer}");
+    assert!(
+        !answer.to_string().contains("Patient/456"),
+        "nothing of it leaks"
+    );
+}
