@@ -1,11 +1,16 @@
 //! The pingora proxy: one request, top to bottom.
 //!
 //! ```text
-//! request_filter ─ audit healthy? ─ policy.route ─ bearer ─ auth ─ policy.authorize ─▶ Decision
+//! request_filter ─ audit healthy? ─ policy.route (explicit routes) ─ quotas ─ bearer ─ auth
+//!     ─ evaluate: policy.authorize, or the FHIR engine under the `fhir:` base ─▶ Decision
+//!     │   (the engine may ask for the body first: body::read, bounded, then evaluate again)
 //!     │ Deny  ─▶ respond::Answer (status, WWW-Authenticate, OperationOutcome); done
+//!     │ Allow with checks, or a body already read ─▶ exchange: before-checks, the request,
+//!     │       held response checked / batch merged / SMART configuration rewritten; done
 //!     ▼ Allow
 //! upstream_peer (needs the Permit) ─▶ upstream_request_filter (X-Forwarded-*, X-Request-Id,
-//!     no Authorization) ─▶ upstream ─▶ upstream_response_filter / response_filter
+//!     no Authorization, narrowing query) ─▶ upstream ─▶ upstream_response_filter /
+//!     response_filter ─▶ response_body_filter (page links copied from the first 64 KiB)
 //!     │ upstream failure ─▶ fail_to_proxy: 502/504 + OperationOutcome
 //!     ▼
 //! logging: one audit record and the metrics, for every request
@@ -13,7 +18,8 @@
 //!
 //! Each phase is a few lines delegating to one module; the [`Decision`] made in
 //! `request_filter` is the single source the later phases, the audit record and the metrics
-//! read.
+//! read. [`evaluate()`] is that decision's policy part, pure (no session, no IO), so a
+//! shadow policy can be evaluated on the same facts.
 
 pub mod batch;
 pub mod body;
@@ -985,7 +991,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Decides the request (see [`Gateway::decide`]), reading the body first when the FHIR
+    /// Decides the request (see `Gateway::decide`), reading the body first when the FHIR
     /// engine needs it; a refusal is answered here and ends the request (`Ok(true)`), and
     /// so does a request forwarded through [`exchange`]. Everything else continues on
     /// pingora's streaming path.
