@@ -64,13 +64,21 @@ pub enum HoldError {
 
 impl Default for Exchanger {
     fn default() -> Self {
-        Exchanger {
-            connector: Connector::new(None),
-        }
+        Exchanger::new(None)
     }
 }
 
 impl Exchanger {
+    /// An exchanger whose connector uses `options` (pass the proxy service's, e.g.
+    /// `ConnectorOptions::from_server_conf`, so CA files and client certificates configured
+    /// for pingora apply here too). `None`: pingora's defaults; the peer's own options (TLS
+    /// verification, timeouts) apply either way.
+    pub fn new(options: Option<pingora::connectors::ConnectorOptions>) -> Self {
+        Exchanger {
+            connector: Connector::new(options),
+        }
+    }
+
     /// Sends `req` with `body` and waits for the response header.
     pub async fn send(
         &self,

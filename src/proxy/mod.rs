@@ -161,6 +161,17 @@ impl Gateway {
         }
     }
 
+    /// Uses `options` for the connections fhirwall opens itself ([`exchange`]): give it the
+    /// same [`pingora::connectors::ConnectorOptions`] as the proxy service so upstream TLS
+    /// settings made there (CA file, client certificate) hold on both paths.
+    pub fn with_connector_options(
+        mut self,
+        options: pingora::connectors::ConnectorOptions,
+    ) -> Self {
+        self.exchanger = Exchanger::new(Some(options));
+        self
+    }
+
     /// Makes the decision about a request, up to the policy evaluation (the body, when the
     /// engine needs it, and the per-client quotas follow in `request_filter`). Every early
     /// return is a refusal: anything this function cannot establish (route, token, scope,
