@@ -120,9 +120,11 @@ enum TokenKind {
     String,
 }
 
-/// The common token parameters every resource has (R4 `Resource-id`, `Resource-tag`,
-/// `Resource-security`; `_profile` and `_source` are `uri`, not token).
-const COMMON_TOKENS: [TokenParam; 3] = [
+/// The common parameters every resource has that [`matches_param`] evaluates, sorted: the
+/// tokens `_id`, `_security`, `_tag` (R4 `Resource-id`, `Resource-security`, `Resource-tag`)
+/// and the `uri` parameters `_profile`, `_source` (`Resource-profile`, `Resource-source`),
+/// which R4 search.html#uri matches exactly, as the plain-code form of a token on a string.
+const COMMON_PARAMS: [TokenParam; 5] = [
     TokenParam {
         name: "_id",
         paths: &[TokenPath {
@@ -132,10 +134,26 @@ const COMMON_TOKENS: [TokenParam; 3] = [
         }],
     },
     TokenParam {
+        name: "_profile",
+        paths: &[TokenPath {
+            path: "meta.profile",
+            kind: TokenKind::String,
+            system: None,
+        }],
+    },
+    TokenParam {
         name: "_security",
         paths: &[TokenPath {
             path: "meta.security",
             kind: TokenKind::Coding,
+            system: None,
+        }],
+    },
+    TokenParam {
+        name: "_source",
+        paths: &[TokenPath {
+            path: "meta.source",
+            kind: TokenKind::String,
             system: None,
         }],
     },
@@ -283,18 +301,10 @@ pub fn matches_param(
     value: &str,
     resource: &Value,
 ) -> Result<bool, Unsupported> {
-    let unsupported = || Unsupported(format!("{name}={value}"));
-    // A modifier (`:in`, `:text`, `:not`, ...) or a chain changes what the item means.
-    if name.is_empty() || name.contains([':', '.']) {
-        return Err(unsupported());
-    }
-    let param = find_token(t, name).ok_or_else(unsupported)?;
-    let decoded = percent_decode_strict(value).ok_or_else(unsupported)?;
-    let token = Token::parse(&decoded).ok_or_else(unsupported)?;
-    // Decide support from the table alone, so that the answer never depends on the data.
-    if !param.paths.iter().all(|p| token.supported_on(p)) {
-        return Err(unsupported());
-    }
+    let (param, decoded) = prepare(t, name, value)?;
+    let Some(token) = Token::parse(&decoded) else {
+        return Err(unsupported(name, value));
+    };
     let mut matched = false;
     for p in param.paths {
         visit(resource, p.path, &mut |found| {
@@ -307,6 +317,37 @@ pub fn matches_param(
         }
     }
     Ok(matched)
+}
+
+/// Whether [`matches_param`] can evaluate the item `name=value` on resources of type `t`.
+/// The answer depends on the tables only, never on a resource: `Ok` here means
+/// `matches_param` answers `Ok` for every resource, so the engine can judge a granular scope
+/// once, when it reads the token (SMART-SEMANTICS §6.5).
+pub fn param_supported(t: ResourceType, name: &str, value: &str) -> Result<(), Unsupported> {
+    prepare(t, name, value).map(|_| ())
+}
+
+/// Looks `name` up and decodes `value`, refusing what cannot be evaluated.
+fn prepare(
+    t: ResourceType,
+    name: &str,
+    value: &str,
+) -> Result<(&'static TokenParam, String), Unsupported> {
+    // A modifier (`:in`, `:text`, `:not`, ...) or a chain changes what the item means.
+    if name.is_empty() || name.contains([':', '.']) {
+        return Err(unsupported(name, value));
+    }
+    let param = find_token(t, name).ok_or_else(|| unsupported(name, value))?;
+    let decoded = percent_decode_strict(value).ok_or_else(|| unsupported(name, value))?;
+    let token = Token::parse(&decoded).ok_or_else(|| unsupported(name, value))?;
+    if !param.paths.iter().all(|p| token.supported_on(p)) {
+        return Err(unsupported(name, value));
+    }
+    Ok((param, decoded))
+}
+
+fn unsupported(name: &str, value: &str) -> Unsupported {
+    Unsupported(format!("{name}={value}"))
 }
 
 // === resource walking ===
@@ -520,7 +561,7 @@ fn find_token(t: ResourceType, name: &str) -> Option<&'static TokenParam> {
             .map(|i| &list[i])
     };
     if name.starts_with('_') {
-        return find(&COMMON_TOKENS);
+        return find(&COMMON_PARAMS);
     }
     find(tables_of(t)?.tokens)
 }
@@ -688,7 +729,7 @@ mod tests {
             assert!(row.tokens.windows(2).all(|w| w[0].name < w[1].name));
         }
         assert!(tables::TARGETS.iter().all(|&i| usize::from(i) < 146));
-        assert!(COMMON_TOKENS.windows(2).all(|w| w[0].name < w[1].name));
+        assert!(COMMON_PARAMS.windows(2).all(|w| w[0].name < w[1].name));
     }
 
     #[test]
@@ -737,6 +778,112 @@ mod tests {
         ] {
             assert_eq!(param(ty, name).patient_only, only, "{ty}.{name}");
         }
+    }
+
+    /// SMART-SEMANTICS §3.2, transcribed by hand: `!` marks a Patient-only parameter,
+    /// `+patient` a type that also has a Patient-only `patient` parameter.
+    const SEMANTICS_3_2: &str = "
+        Account: subject +patient
+        AdverseEvent: subject
+        AllergyIntolerance: patient! recorder asserter
+        Appointment: actor +patient
+        AppointmentResponse: actor +patient
+        AuditEvent: patient!
+        Basic: patient! author
+        BodyStructure: patient!
+        CarePlan: patient! performer
+        CareTeam: patient! participant
+        ChargeItem: subject +patient
+        Claim: patient! payee
+        ClaimResponse: patient!
+        ClinicalImpression: subject +patient
+        Communication: subject sender recipient +patient
+        CommunicationRequest: subject sender recipient requester +patient
+        Composition: subject author attester +patient
+        Condition: patient! asserter
+        Consent: patient!
+        Coverage: policy-holder subscriber beneficiary! payor +patient
+        CoverageEligibilityRequest: patient!
+        CoverageEligibilityResponse: patient!
+        DetectedIssue: patient!
+        DeviceRequest: subject performer +patient
+        DeviceUseStatement: subject +patient
+        DiagnosticReport: subject +patient
+        DocumentManifest: subject author recipient +patient
+        DocumentReference: subject author +patient
+        Encounter: subject +patient
+        EnrollmentRequest: subject! +patient
+        EpisodeOfCare: patient!
+        ExplanationOfBenefit: patient! payee
+        FamilyMemberHistory: patient!
+        Flag: patient!
+        Goal: patient!
+        Group: member
+        ImagingStudy: patient!
+        Immunization: patient!
+        ImmunizationEvaluation: patient!
+        ImmunizationRecommendation: patient!
+        Invoice: subject patient! recipient
+        List: subject source +patient
+        MeasureReport: patient!
+        Media: subject +patient
+        MedicationAdministration: patient! performer subject
+        MedicationDispense: subject patient! receiver
+        MedicationRequest: subject +patient
+        MedicationStatement: subject +patient
+        MolecularSequence: patient!
+        NutritionOrder: patient!
+        Observation: subject performer +patient
+        Patient: link
+        Person: patient!
+        Procedure: patient! performer
+        Provenance: patient!
+        QuestionnaireResponse: subject author +patient
+        RelatedPerson: patient!
+        RequestGroup: subject participant +patient
+        ResearchSubject: individual! +patient
+        RiskAssessment: subject +patient
+        Schedule: actor
+        ServiceRequest: subject performer +patient
+        Specimen: subject +patient
+        SupplyDelivery: patient!
+        SupplyRequest: subject
+        Task: patient! focus
+        VisionPrescription: patient!
+    ";
+
+    #[test]
+    fn the_compartment_tables_agree_with_smart_semantics_3_2() {
+        let mut seen = 0;
+        for line in SEMANTICS_3_2
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            let (ty, rest) = line.split_once(": ").unwrap();
+            let mut words: Vec<&str> = rest.split(' ').collect();
+            let plus_patient = words.last() == Some(&"+patient");
+            if plus_patient {
+                words.pop();
+            }
+            let expected: Vec<(&str, bool)> = words
+                .iter()
+                .map(|w| (w.trim_end_matches('!'), w.ends_with('!')))
+                .collect();
+            let actual: Vec<(&str, bool)> = inclusion_params(t(ty))
+                .iter()
+                .map(|p| (p.name, p.patient_only))
+                .collect();
+            assert_eq!(actual, expected, "{ty}");
+            let patient_inclusion = expected.contains(&("patient", true));
+            assert_eq!(
+                has_patient_param(t(ty)),
+                plus_patient || patient_inclusion,
+                "{ty}"
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 67);
     }
 
     #[test]
@@ -1219,6 +1366,63 @@ mod tests {
         assert!(matches_param(t("Patient"), "phone", "555", &json!({})).is_err());
         // The error names the item.
         assert_eq!(m("code:text", "x"), Err(Unsupported("code:text=x".into())));
+    }
+
+    #[test]
+    fn support_is_decided_by_the_tables_alone() {
+        let obs = lab_observation();
+        for (name, value) in [
+            ("category", "laboratory"),
+            ("category", "http://x|y"),
+            ("category", "a,b"),
+            ("category:in", "x"),
+            ("status", "http://hl7.org/fhir/observation-status|final"),
+            ("status", "|final"),
+            ("value-concept", "x"),
+            ("_id", "x|y"),
+            ("_profile", "http://example.org/p"),
+            ("nonsense", "x"),
+            ("date", "2020"),
+        ] {
+            let supported = param_supported(t("Observation"), name, value).is_ok();
+            for resource in [&obs, &json!({}), &Value::Null] {
+                assert_eq!(
+                    matches_param(t("Observation"), name, value, resource).is_ok(),
+                    supported,
+                    "{name}={value} on {resource}"
+                );
+            }
+        }
+        assert!(param_supported(t("Condition"), "category", "problem-list-item").is_ok());
+        assert!(param_supported(t("Condition"), "category:text", "problem").is_err());
+    }
+
+    #[test]
+    fn profile_and_source_match_exactly() {
+        let p = json!({
+            "resourceType": "Patient",
+            "meta": {
+                "profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"],
+                "source": "http://ehr.example.org/feed"
+            }
+        });
+        let m = |n: &str, v: &str| matches_param(t("Patient"), n, v, &p);
+        assert_eq!(
+            m(
+                "_profile",
+                "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            m(
+                "_profile",
+                "http://hl7.org/fhir/us/core/StructureDefinition"
+            ),
+            Ok(false)
+        );
+        assert_eq!(m("_source", "http://ehr.example.org/feed"), Ok(true));
+        assert!(m("_profile:below", "http://hl7.org/fhir/us/core").is_err());
     }
 
     #[test]
