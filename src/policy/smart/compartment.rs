@@ -232,9 +232,9 @@ pub fn patient_references(t: ResourceType, resource: &Value, bases: &[&str]) -> 
             visit(resource, path, &mut |found| {
                 let r = match found {
                     Found::Value(v) => classify_reference(v, resource, bases),
-                    Found::Malformed => Some(PatientRef::Unresolvable),
+                    Found::Malformed => Some(Ref::Unresolvable),
                 };
-                if let Some(r) = r {
+                if let Some(r) = r.map(Ref::to_owned) {
                     if !out.contains(&r) {
                         out.push(r);
                     }
@@ -272,7 +272,7 @@ pub fn in_compartment(resource: &Value, patient: &str, bases: &[&str]) -> bool {
         for path in param.paths {
             visit(resource, path, &mut |v| {
                 if let Found::Value(v) = v {
-                    if let Some(PatientRef::Local(id)) = classify_reference(v, resource, bases) {
+                    if let Some(Ref::Local(id)) = classify_reference(v, resource, bases) {
                         found |= id == patient;
                     }
                 }
@@ -280,6 +280,20 @@ pub fn in_compartment(resource: &Value, patient: &str, bases: &[&str]) -> bool {
         }
     }
     found
+}
+
+/// Classifies one literal reference string, e.g. a reference search value
+/// (`subject=Patient/123`) or a `Reference.reference`, with the rules of
+/// [`patient_references`]: `Some(Local(id))` for `Patient/<id>` (also
+/// `Patient/<id>/_history/<v>`, or absolute under one of `bases`), `Some(Unresolvable)` for
+/// anything that is or may be a Patient fhirwall cannot name locally (another server, a
+/// conditional `Patient?...`, `#contained`, a `urn:`, a malformed id, a bare id without a
+/// type), `None` for a reference to another type (`Practitioner/1`).
+pub fn patient_reference(reference: &str, bases: &[&str]) -> Option<PatientRef> {
+    if reference.starts_with('#') {
+        return Some(PatientRef::Unresolvable);
+    }
+    classify_literal(reference, false, bases).map(Ref::to_owned)
 }
 
 /// Evaluates one search item `name=value` (as written in a granular scope, not yet
@@ -393,60 +407,79 @@ enum Target<'a> {
     Unknown,
 }
 
+/// A patient reference, borrowed from the resource (no allocation while checking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ref<'a> {
+    Local(&'a str),
+    Unresolvable,
+}
+
+// === impl Ref ===
+
+impl Ref<'_> {
+    fn to_owned(self) -> PatientRef {
+        match self {
+            Ref::Local(id) => PatientRef::Local(id.to_owned()),
+            Ref::Unresolvable => PatientRef::Unresolvable,
+        }
+    }
+}
+
 /// Classifies one Reference value found on a compartment path; `None` when it does not
 /// refer to a Patient at all.
-fn classify_reference(v: &Value, resource: &Value, bases: &[&str]) -> Option<PatientRef> {
+fn classify_reference<'a>(v: &'a Value, resource: &Value, bases: &[&str]) -> Option<Ref<'a>> {
     let Value::Object(obj) = v else {
-        return Some(PatientRef::Unresolvable);
+        return Some(Ref::Unresolvable);
     };
     // Reference.type (R4 references.html): the target's type, when the sender says it.
-    let declared = match obj.get("type") {
+    let declared_other = match obj.get("type") {
+        None => false,
+        Some(Value::String(s)) => s != "Patient",
+        Some(_) => return Some(Ref::Unresolvable),
+    };
+    match obj.get("reference") {
+        // A logical reference (identifier only) names no resource here; it is a patient
+        // reference we cannot resolve unless it says it is of another type. A display-only
+        // reference refers to nothing.
+        None if obj.contains_key("identifier") && !declared_other => Some(Ref::Unresolvable),
         None => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => return Some(PatientRef::Unresolvable),
-    };
-    let declared_other = declared.is_some_and(|d| d != "Patient");
-    let reference = match obj.get("reference") {
-        None => {
-            // A logical reference (identifier only) names no resource here; it is a patient
-            // reference we cannot resolve unless it says it is of another type. A
-            // display-only reference refers to nothing.
-            return if obj.contains_key("identifier") && !declared_other {
-                Some(PatientRef::Unresolvable)
-            } else {
-                None
-            };
+        Some(Value::String(reference)) => {
+            if let Some(id) = reference.strip_prefix('#') {
+                return contained_reference(id, resource);
+            }
+            classify_literal(reference, declared_other, bases)
         }
-        Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Some(PatientRef::Unresolvable),
-    };
-    if let Some(id) = reference.strip_prefix('#') {
-        return contained_reference(id, resource);
+        Some(_) => Some(Ref::Unresolvable),
     }
+}
+
+/// Classifies a literal reference string (not `#contained`); `declared_other` when the
+/// Reference's `type` names a type other than Patient.
+fn classify_literal<'a>(
+    reference: &'a str,
+    declared_other: bool,
+    bases: &[&str],
+) -> Option<Ref<'a>> {
     if let Some(rest) = local_part(reference, bases) {
         return match literal_target(rest) {
-            Target::Patient(id) => Some(PatientRef::Local(id.to_owned())),
+            Target::Patient(id) => Some(Ref::Local(id)),
             Target::Other => None,
-            Target::Unknown => Some(PatientRef::Unresolvable),
+            Target::Unknown => Some(Ref::Unresolvable),
         };
     }
     if reference.starts_with("urn:") {
         // A bundle-internal placeholder (`urn:uuid:`): only `type` can tell what it is.
-        return if declared_other {
-            None
-        } else {
-            Some(PatientRef::Unresolvable)
-        };
+        return (!declared_other).then_some(Ref::Unresolvable);
     }
     // An absolute URL of another server: ignored only when it plainly names another type.
     match foreign_target(reference) {
         Target::Other => None,
-        Target::Patient(_) | Target::Unknown => Some(PatientRef::Unresolvable),
+        Target::Patient(_) | Target::Unknown => Some(Ref::Unresolvable),
     }
 }
 
 /// A reference to a contained resource (`#id`): a contained Patient is not a local one.
-fn contained_reference(id: &str, resource: &Value) -> Option<PatientRef> {
+fn contained_reference<'a>(id: &str, resource: &Value) -> Option<Ref<'a>> {
     let contained = resource.get("contained").and_then(Value::as_array);
     let found = contained.and_then(|items| {
         items
@@ -458,7 +491,7 @@ fn contained_reference(id: &str, resource: &Value) -> Option<PatientRef> {
         .and_then(Value::as_str)
     {
         Some(rt) if rt != "Patient" && ResourceType::from_name(rt).is_some() => None,
-        _ => Some(PatientRef::Unresolvable),
+        _ => Some(Ref::Unresolvable),
     }
 }
 
@@ -1169,6 +1202,36 @@ mod tests {
             "performer": [{"display": "Dr. Who"}, {"reference": "Organization?identifier=x"}]
         });
         assert!(patient_references(t("Observation"), &obs, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_reference_string_is_classified_like_a_resource_reference() {
+        let bases = ["https://ehr.example.org/fhir"];
+        let r = |s: &str| patient_reference(s, &bases);
+        let local = |id: &str| Some(PatientRef::Local(id.into()));
+        assert_eq!(r("Patient/123"), local("123"));
+        assert_eq!(r("Patient/123/_history/2"), local("123"));
+        assert_eq!(r("https://ehr.example.org/fhir/Patient/123"), local("123"));
+        assert_eq!(r("Practitioner/1"), None);
+        assert_eq!(r("https://other.example.org/Practitioner/1"), None);
+        for unresolvable in [
+            "123",
+            "Patient/123/_history",
+            "Patient/123/_history/",
+            "Patient/a b",
+            "https://other.example.org/fhir/Patient/123",
+            "https://ehr.example.org/fhir/Patient/123?x=1",
+            "http://ehr.example.org/fhir/Patient/123",
+            "#p1",
+            "urn:uuid:1",
+            "",
+        ] {
+            assert_eq!(
+                r(unresolvable),
+                Some(PatientRef::Unresolvable),
+                "{unresolvable}"
+            );
+        }
     }
 
     #[test]
