@@ -41,6 +41,7 @@
 #[rustfmt::skip]
 mod tables;
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use serde_json::Value;
@@ -177,20 +178,22 @@ const COMMON_PARAMS: [TokenParam; 5] = [
 /// [`tables::TARGETS`] as resource types, built once (a [`ResourceType`] cannot be made in a
 /// `const` outside `policy::r4`).
 static TARGET_TYPES: LazyLock<Vec<ResourceType>> = LazyLock::new(|| {
-    let all: Vec<ResourceType> = ResourceType::all().collect();
     // The generator only emits indexes of RESOURCE_TYPES (< 146), which a test checks.
     tables::TARGETS
         .iter()
-        .map(|&i| all[usize::from(i)])
+        .map(|&i| ALL_TYPES[usize::from(i)])
         .collect()
 });
 
+/// Every resource type in index order (`ResourceType`'s `Ord` is its `RESOURCE_TYPES`
+/// position), so a type's row is found by comparing bytes, not names.
+static ALL_TYPES: LazyLock<Vec<ResourceType>> = LazyLock::new(|| ResourceType::all().collect());
+
 fn tables_of(t: ResourceType) -> Option<&'static TypeTables> {
-    let name = t.name();
-    tables::TYPES
-        .binary_search_by(|row| row.name.cmp(name))
-        .ok()
-        .map(|i| &tables::TYPES[i])
+    let i = ALL_TYPES.binary_search(&t).ok()?;
+    // The rows are in RESOURCE_TYPES order (checked by a test); the name check keeps a
+    // mismatch from ever answering with another type's row.
+    tables::TYPES.get(i).filter(|row| row.name == t.name())
 }
 
 /// The inclusion parameters of `t` in the patient compartment; empty when `t` is not in it.
@@ -349,11 +352,11 @@ pub fn param_supported(t: ResourceType, name: &str, value: &str) -> Result<(), U
 }
 
 /// Looks `name` up and decodes `value`, refusing what cannot be evaluated.
-fn prepare(
+fn prepare<'v>(
     t: ResourceType,
     name: &str,
-    value: &str,
-) -> Result<(&'static TokenParam, String), Unsupported> {
+    value: &'v str,
+) -> Result<(&'static TokenParam, Cow<'v, str>), Unsupported> {
     // A modifier (`:in`, `:text`, `:not`, ...) or a chain changes what the item means.
     if name.is_empty() || name.contains([':', '.']) {
         return Err(unsupported(name, value));
@@ -606,23 +609,29 @@ fn find_token(t: ResourceType, name: &str) -> Option<&'static TokenParam> {
     find(tables_of(t)?.tokens)
 }
 
-/// Percent-decodes once; `None` for a malformed escape or a result that is not UTF-8.
-fn percent_decode_strict(value: &str) -> Option<String> {
+/// Percent-decodes once; `None` for a malformed escape (`%` not followed by two hex
+/// digits) or a result that is not UTF-8. Borrows when there is nothing to decode.
+fn percent_decode_strict(value: &str) -> Option<Cow<'_, str>> {
+    if !value.contains('%') {
+        return Some(Cow::Borrowed(value));
+    }
+    let hex = |b: u8| char::from(b).to_digit(16);
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            // Two hex digits: at most 0xff.
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
             i += 3;
         } else {
-            out.push(bytes[i]);
+            out.push(b);
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// A token search value (R4 search.html#token).
@@ -769,6 +778,10 @@ mod tests {
             assert!(row.tokens.windows(2).all(|w| w[0].name < w[1].name));
         }
         assert!(tables::TARGETS.iter().all(|&i| usize::from(i) < 146));
+        assert!(ALL_TYPES.windows(2).all(|w| w[0] < w[1]));
+        for ty in ResourceType::all() {
+            assert_eq!(tables_of(ty).map(|row| row.name), Some(ty.name()));
+        }
         assert!(COMMON_PARAMS.windows(2).all(|w| w[0].name < w[1].name));
     }
 
@@ -1329,6 +1342,14 @@ mod tests {
         );
         assert!(matches_param(t("Observation"), "category", "lab%zz", &obs).is_err());
         assert!(matches_param(t("Observation"), "category", "lab%7", &obs).is_err());
+        assert!(matches_param(t("Observation"), "category", "lab%+7", &obs).is_err());
+        assert!(matches_param(t("Observation"), "category", "%", &obs).is_err());
+        // Not UTF-8 once decoded.
+        assert!(matches_param(t("Observation"), "category", "%ff", &obs).is_err());
+        assert_eq!(
+            matches_param(t("Observation"), "category", "%6Caboratory", &obs),
+            Ok(true)
+        );
     }
 
     #[test]
