@@ -11,9 +11,13 @@
 //! - `compartmentdefinition-patient.json`: the 67 compartment types and their inclusion
 //!   parameters (R4-COMP);
 //! - `search-parameters.json`: each parameter's type, FHIRPath `expression` and `target`
-//!   list (R4-SP). Spot-checked against the copy of the same file in
-//!   `medizininformatik-initiative/blaze` (`search-parameters.json`, commit `3d145e4c`):
-//!   identical `expression`, `type` and `target` for the entries compared;
+//!   list (R4-SP). The package's copy is not quite the official file: compared with the R4
+//!   part of `search-parameters.json` in `medizininformatik-initiative/blaze` (commit
+//!   `3d145e4c`, the official 4.0.1 file with Blaze's own parameters appended), it adds
+//!   `DetectedIssue-status`, `ServiceRequest-order-detail` and the R5
+//!   `DeviceDefinition-classification`, drops `Group` from the targets of `clinical-patient`
+//!   and adds three targets to `MeasureReport-subject`. The generator undoes exactly those
+//!   changes (asserting each), so the tables follow the official file;
 //! - `profiles-resources.json`, `profiles-types.json`: element types, to turn an expression
 //!   such as `Observation.value.as(CodeableConcept)` into the JSON key `valueCodeableConcept`
 //!   and to know whether a token element is a `CodeableConcept`, `Coding`, `code`, ...;
@@ -25,17 +29,26 @@
 //! element path, resolved element by element through the StructureDefinitions (backbone
 //! elements, data types, `x.as(T)` / `(x as T)` / `x.ofType(T)` choice elements, a trailing
 //! `.where(resolve() is T)`): `Appointment.participant.actor` -> `participant.actor`,
-//! `Provenance.target.where(resolve() is Patient)` -> `target`. Every compartment path was
+//! `Provenance.target.where(resolve() is Patient)` -> `target`. A reference parameter's
+//! targets are its declared R4 targets narrowed to what its expression can index on that
+//! type: a `.where(resolve() is X)` allows only X, otherwise the element's target profiles
+//! (a Reference SHALL point to one of them). This only narrows the shared parameters whose
+//! declared list is the union over all their types: `clinical-patient` declares
+//! [Patient, Group] for 32 types, but `Observation.subject.where(resolve() is Patient)` and
+//! `AllergyIntolerance.patient` (a Reference(Patient)) index Patients only, so `patient` is
+//! Patient-only there; `DeviceUseStatement.subject` is a Reference(Patient|Group), so
+//! DeviceUseStatement's `patient` stays [Patient, Group] and does not confine a bare id (one
+//! deliberate difference from the `+patient` of SMART-SEMANTICS §3.2). Every compartment path was
 //! checked to end in a `Reference`; the generator refused to emit the rows otherwise. The
 //! result: 146 type rows, the 67 compartment types with their inclusion parameters (which
 //! agree with SMART-SEMANTICS §3.2, see the tests), 516 reference parameters whose target
-//! lists share 659 type indexes, and 656 token parameters. Token parameters whose
+//! lists share 658 type indexes, and 653 token parameters. Token parameters whose
 //! expression is not such a path (`Patient.telecom.where(system='phone')`,
 //! `Patient.deceased.exists() and ...`, choice elements without a type) are left out, so
 //! [`matches_param`] answers [`Unsupported`] for them (fail closed).
 //!
 //! Everything here is on the request path: lookups are binary searches over static slices and
-//! allocate nothing (the one exception, the [`ResourceType`] view of the target lists, is
+//! allocate nothing (the [`ResourceType`] views of the type list and of the target lists are
 //! built once).
 
 #[rustfmt::skip]
@@ -834,7 +847,10 @@ mod tests {
     }
 
     /// SMART-SEMANTICS §3.2, transcribed by hand: `!` marks a Patient-only parameter,
-    /// `+patient` a type that also has a Patient-only `patient` parameter.
+    /// `+patient` a type that also has a Patient-only `patient` parameter. One deliberate
+    /// difference: §3.2 gives DeviceUseStatement `+patient`, but its `patient` parameter
+    /// indexes `DeviceUseStatement.subject`, a Reference(Patient|Group), with the official
+    /// targets [Patient, Group] (see `a_patient_parameter_that_can_hold_a_group_is_not_patient_only`).
     const SEMANTICS_3_2: &str = "
         Account: subject +patient
         AdverseEvent: subject
@@ -860,7 +876,7 @@ mod tests {
         CoverageEligibilityResponse: patient!
         DetectedIssue: patient!
         DeviceRequest: subject performer +patient
-        DeviceUseStatement: subject +patient
+        DeviceUseStatement: subject
         DiagnosticReport: subject +patient
         DocumentManifest: subject author recipient +patient
         DocumentReference: subject author +patient
@@ -940,6 +956,22 @@ mod tests {
     }
 
     #[test]
+    fn a_patient_parameter_that_can_hold_a_group_is_not_patient_only() {
+        // R4 `clinical-patient` declares [Patient, Group] for all its 32 types. Where the
+        // expression is `subject.where(resolve() is Patient)` or the element is a
+        // Reference(Patient), only a Patient can be indexed; DeviceUseStatement's is plain
+        // `DeviceUseStatement.subject`, so `patient=123` can match `Group/123` there.
+        let dus = t("DeviceUseStatement");
+        assert_eq!(
+            names(reference_targets(dus, "patient").unwrap()),
+            ["Patient", "Group"]
+        );
+        assert!(!has_patient_param(dus));
+        assert!(has_patient_param(t("Observation")));
+        assert!(has_patient_param(t("AllergyIntolerance")));
+    }
+
+    #[test]
     fn inclusion_paths_are_the_referenced_elements() {
         for (ty, name, paths) in [
             ("Observation", "subject", &["subject"][..]),
@@ -995,10 +1027,21 @@ mod tests {
             ["Group", "Device", "Patient", "Location"]
         );
         assert_eq!(targets("Observation", "patient"), ["Patient"]);
-        // The shared `clinical-encounter` parameter of R4 also targets EpisodeOfCare.
+        // The shared `clinical-encounter` parameter declares [Encounter, EpisodeOfCare] for
+        // all its types; Observation.encounter can only hold an Encounter.
+        assert_eq!(targets("Observation", "encounter"), ["Encounter"]);
+        assert_eq!(targets("EpisodeOfCare", "patient"), ["Patient"]);
         assert_eq!(
-            targets("Observation", "encounter"),
-            ["Encounter", "EpisodeOfCare"]
+            targets("MeasureReport", "subject"),
+            [
+                "Practitioner",
+                "Group",
+                "Device",
+                "Patient",
+                "PractitionerRole",
+                "RelatedPerson",
+                "Location"
+            ]
         );
         assert_eq!(targets("Observation", "specimen"), ["Specimen"]);
         assert_eq!(targets("MedicationRequest", "medication"), ["Medication"]);

@@ -11,7 +11,7 @@ use super::{InclusionParam, RefParam, TokenKind, TokenParam, TokenPath, TypeTabl
 
 /// Every target list of a reference search parameter, as indexes into `RESOURCE_TYPES`,
 /// each list stored once.
-pub(super) static TARGETS: [u8; 659] = [
+pub(super) static TARGETS: [u8; 658] = [
     99, 102, 107, 99, 34, 102, 59, 108, 70, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
     11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
     31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50,
@@ -33,18 +33,18 @@ pub(super) static TARGETS: [u8; 659] = [
     111, 71, 106, 97, 1, 107, 99, 14, 34, 102, 59, 108, 113, 57, 102, 107, 99, 14, 102, 108,
     113, 0, 47, 43, 107, 99, 14, 34, 102, 108, 113, 61, 76, 137, 95, 39, 60, 75, 109, 107,
     99, 108, 34, 107, 108, 18, 27, 95, 73, 119, 53, 95, 73, 39, 60, 112, 20, 27, 3, 21,
-    107, 57, 99, 14, 34, 102, 59, 108, 113, 107, 99, 34, 102, 59, 108, 113, 23, 43, 47, 26,
-    143, 107, 57, 99, 14, 34, 102, 108, 113, 28, 29, 112, 41, 99, 102, 113, 102, 113, 31, 107,
-    34, 108, 35, 106, 1, 19, 30, 107, 99, 34, 108, 57, 34, 102, 70, 13, 78, 94, 123, 63,
-    73, 107, 99, 14, 108, 95, 125, 107, 57, 34, 102, 41, 27, 109, 47, 107, 108, 113, 45, 30,
-    107, 99, 34, 102, 108, 107, 57, 99, 74, 102, 106, 109, 70, 57, 99, 102, 107, 99, 108, 113,
-    107, 57, 34, 74, 102, 130, 108, 44, 4, 5, 13, 139, 123, 57, 34, 102, 27, 95, 39, 61,
-    61, 62, 107, 34, 102, 108, 71, 107, 99, 108, 70, 107, 57, 99, 14, 34, 102, 59, 108, 113,
-    70, 13, 123, 34, 36, 107, 57, 125, 34, 102, 108, 70, 74, 130, 74, 107, 34, 102, 108, 113,
-    78, 107, 102, 130, 73, 41, 76, 95, 75, 109, 79, 87, 80, 74, 80, 74, 130, 80, 80, 13,
-    78, 94, 37, 123, 63, 73, 95, 60, 92, 112, 41, 95, 92, 112, 61, 76, 75, 109, 60, 79,
-    97, 59, 139, 107, 102, 105, 113, 113, 111, 106, 1, 95, 109, 75, 27, 95, 109, 39, 41, 95,
-    109, 111, 106, 122, 13, 78, 123, 121, 57, 34, 102, 130, 70, 99, 102, 70, 99, 59, 142,
+    107, 57, 99, 14, 34, 102, 59, 108, 113, 107, 99, 34, 102, 59, 108, 113, 23, 26, 143, 107,
+    57, 99, 14, 34, 102, 108, 113, 28, 29, 112, 41, 99, 102, 113, 102, 113, 31, 107, 34, 108,
+    35, 106, 1, 19, 30, 107, 99, 34, 108, 57, 34, 102, 70, 102, 57, 13, 78, 94, 123, 63,
+    73, 107, 99, 14, 108, 95, 125, 107, 57, 34, 102, 43, 47, 41, 27, 109, 47, 107, 108, 113,
+    45, 30, 107, 99, 34, 102, 108, 107, 57, 99, 74, 102, 106, 109, 70, 57, 99, 102, 107, 99,
+    108, 113, 107, 57, 34, 74, 102, 130, 108, 44, 4, 5, 13, 139, 123, 57, 34, 102, 27, 95,
+    39, 61, 61, 62, 107, 34, 102, 108, 71, 107, 99, 108, 70, 107, 57, 34, 102, 108, 113, 70,
+    13, 123, 34, 36, 107, 57, 125, 34, 102, 108, 70, 74, 130, 74, 107, 34, 102, 108, 113, 78,
+    107, 102, 130, 73, 41, 76, 95, 75, 109, 79, 87, 80, 74, 80, 74, 130, 80, 80, 13, 78,
+    94, 37, 123, 63, 73, 95, 60, 92, 112, 41, 95, 92, 112, 61, 76, 75, 109, 60, 79, 97,
+    59, 139, 107, 102, 105, 113, 113, 111, 106, 1, 95, 109, 75, 27, 95, 109, 39, 41, 95, 109,
+    111, 106, 122, 13, 78, 123, 121, 57, 34, 102, 130, 70, 99, 102, 70, 99, 59, 142,
 ];
 
 /// The tables of each resource type, in `RESOURCE_TYPES` order.
@@ -544,7 +544,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         references: &[
             RefParam { name: "attester", start: 338, len: 5 },
             RefParam { name: "author", start: 332, len: 6 },
-            RefParam { name: "encounter", start: 437, len: 2 },
+            RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "entry", start: 9, len: 145 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "related-ref", start: 343, len: 1 },
@@ -566,11 +566,11 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "other", start: 439, len: 1 },
-            RefParam { name: "source", start: 440, len: 1 },
-            RefParam { name: "source-uri", start: 440, len: 1 },
-            RefParam { name: "target", start: 440, len: 1 },
-            RefParam { name: "target-uri", start: 440, len: 1 },
+            RefParam { name: "other", start: 437, len: 1 },
+            RefParam { name: "source", start: 438, len: 1 },
+            RefParam { name: "source-uri", start: 438, len: 1 },
+            RefParam { name: "target", start: 438, len: 1 },
+            RefParam { name: "target-uri", start: 438, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "context", paths: &[TokenPath { path: "useContext.valueCodeableConcept", kind: TokenKind::CodeableConcept, system: None }] },
@@ -616,12 +616,12 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "actor", start: 441, len: 8 },
+            RefParam { name: "actor", start: 439, len: 8 },
             RefParam { name: "consentor", start: 338, len: 5 },
             RefParam { name: "data", start: 9, len: 145 },
             RefParam { name: "organization", start: 0, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "source-reference", start: 449, len: 4 },
+            RefParam { name: "source-reference", start: 447, len: 4 },
         ],
         tokens: &[
             TokenParam { name: "action", paths: &[TokenPath { path: "provision.action", kind: TokenKind::CodeableConcept, system: None }] },
@@ -661,9 +661,9 @@ pub(super) static TYPES: [TypeTables; 146] = [
         references: &[
             RefParam { name: "beneficiary", start: 1, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "payor", start: 453, len: 3 },
-            RefParam { name: "policy-holder", start: 453, len: 3 },
-            RefParam { name: "subscriber", start: 456, len: 2 },
+            RefParam { name: "payor", start: 451, len: 3 },
+            RefParam { name: "policy-holder", start: 451, len: 3 },
+            RefParam { name: "subscriber", start: 454, len: 2 },
         ],
         tokens: &[
             TokenParam { name: "class-type", paths: &[TokenPath { path: "class.type", kind: TokenKind::CodeableConcept, system: None }] },
@@ -698,7 +698,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         references: &[
             RefParam { name: "insurer", start: 0, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "request", start: 458, len: 1 },
+            RefParam { name: "request", start: 456, len: 1 },
             RefParam { name: "requestor", start: 399, len: 3 },
         ],
         tokens: &[
@@ -714,14 +714,13 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "author", start: 459, len: 3 },
+            RefParam { name: "author", start: 457, len: 3 },
             RefParam { name: "implicated", start: 9, len: 145 },
             RefParam { name: "patient", start: 1, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "code", paths: &[TokenPath { path: "code", kind: TokenKind::CodeableConcept, system: None }] },
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
-            TokenParam { name: "status", paths: &[TokenPath { path: "status", kind: TokenKind::Code, system: None }] },
         ],
     },
     TypeTables {
@@ -744,10 +743,9 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "parent", start: 462, len: 1 },
+            RefParam { name: "parent", start: 460, len: 1 },
         ],
         tokens: &[
-            TokenParam { name: "classification", paths: &[TokenPath { path: "classification.type", kind: TokenKind::CodeableConcept, system: None }] },
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
             TokenParam { name: "type", paths: &[TokenPath { path: "type", kind: TokenKind::CodeableConcept, system: None }] },
         ],
@@ -776,14 +774,14 @@ pub(super) static TYPES: [TypeTables; 146] = [
         references: &[
             RefParam { name: "based-on", start: 9, len: 145 },
             RefParam { name: "device", start: 402, len: 1 },
-            RefParam { name: "encounter", start: 437, len: 2 },
-            RefParam { name: "instantiates-canonical", start: 463, len: 2 },
-            RefParam { name: "insurance", start: 465, len: 2 },
+            RefParam { name: "encounter", start: 358, len: 1 },
+            RefParam { name: "instantiates-canonical", start: 461, len: 2 },
+            RefParam { name: "insurance", start: 463, len: 2 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "performer", start: 365, len: 8 },
             RefParam { name: "prior-request", start: 9, len: 145 },
-            RefParam { name: "requester", start: 467, len: 4 },
-            RefParam { name: "subject", start: 471, len: 4 },
+            RefParam { name: "requester", start: 465, len: 4 },
+            RefParam { name: "subject", start: 469, len: 4 },
         ],
         tokens: &[
             TokenParam { name: "code", paths: &[TokenPath { path: "codeCodeableConcept", kind: TokenKind::CodeableConcept, system: None }] },
@@ -798,10 +796,10 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[
             InclusionParam { name: "subject", patient_only: false, paths: &["subject"] },
         ],
-        patient_param: true,
+        patient_param: false,
         references: &[
             RefParam { name: "device", start: 402, len: 1 },
-            RefParam { name: "patient", start: 1, len: 1 },
+            RefParam { name: "patient", start: 473, len: 2 },
             RefParam { name: "subject", start: 373, len: 2 },
         ],
         tokens: &[
@@ -816,14 +814,14 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: true,
         references: &[
             RefParam { name: "based-on", start: 475, len: 5 },
-            RefParam { name: "encounter", start: 437, len: 2 },
+            RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "media", start: 480, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "performer", start: 481, len: 4 },
             RefParam { name: "result", start: 485, len: 1 },
             RefParam { name: "results-interpreter", start: 481, len: 4 },
             RefParam { name: "specimen", start: 486, len: 1 },
-            RefParam { name: "subject", start: 471, len: 4 },
+            RefParam { name: "subject", start: 469, len: 4 },
         ],
         tokens: &[
             TokenParam { name: "category", paths: &[TokenPath { path: "category", kind: TokenKind::CodeableConcept, system: None }] },
@@ -867,10 +865,10 @@ pub(super) static TYPES: [TypeTables; 146] = [
             RefParam { name: "authenticator", start: 399, len: 3 },
             RefParam { name: "author", start: 332, len: 6 },
             RefParam { name: "custodian", start: 0, len: 1 },
-            RefParam { name: "encounter", start: 437, len: 2 },
+            RefParam { name: "encounter", start: 491, len: 2 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "related", start: 9, len: 145 },
-            RefParam { name: "relatesto", start: 491, len: 1 },
+            RefParam { name: "relatesto", start: 493, len: 1 },
             RefParam { name: "subject", start: 487, len: 4 },
         ],
         tokens: &[
@@ -912,11 +910,11 @@ pub(super) static TYPES: [TypeTables; 146] = [
             RefParam { name: "account", start: 381, len: 1 },
             RefParam { name: "appointment", start: 331, len: 1 },
             RefParam { name: "based-on", start: 324, len: 1 },
-            RefParam { name: "diagnosis", start: 492, len: 2 },
-            RefParam { name: "episode-of-care", start: 494, len: 1 },
+            RefParam { name: "diagnosis", start: 494, len: 2 },
+            RefParam { name: "episode-of-care", start: 496, len: 1 },
             RefParam { name: "location", start: 299, len: 1 },
             RefParam { name: "part-of", start: 358, len: 1 },
-            RefParam { name: "participant", start: 495, len: 3 },
+            RefParam { name: "participant", start: 497, len: 3 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "practitioner", start: 325, len: 1 },
             RefParam { name: "reason-reference", start: 326, len: 4 },
@@ -967,7 +965,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "request", start: 498, len: 1 },
+            RefParam { name: "request", start: 500, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
@@ -1080,7 +1078,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         references: &[
             RefParam { name: "care-team", start: 399, len: 3 },
             RefParam { name: "claim", start: 405, len: 1 },
-            RefParam { name: "coverage", start: 499, len: 1 },
+            RefParam { name: "coverage", start: 501, len: 1 },
             RefParam { name: "detail-udi", start: 402, len: 1 },
             RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "enterer", start: 403, len: 2 },
@@ -1122,10 +1120,10 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "author", start: 500, len: 5 },
-            RefParam { name: "encounter", start: 437, len: 2 },
+            RefParam { name: "author", start: 502, len: 5 },
+            RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "subject", start: 505, len: 8 },
+            RefParam { name: "subject", start: 507, len: 8 },
         ],
         tokens: &[
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
@@ -1139,7 +1137,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: true,
         references: &[
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "subject", start: 513, len: 3 },
+            RefParam { name: "subject", start: 515, len: 3 },
         ],
         tokens: &[
             TokenParam { name: "achievement-status", paths: &[TokenPath { path: "achievementStatus", kind: TokenKind::CodeableConcept, system: None }] },
@@ -1169,8 +1167,8 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: false,
         references: &[
-            RefParam { name: "managing-entity", start: 516, len: 4 },
-            RefParam { name: "member", start: 520, len: 7 },
+            RefParam { name: "managing-entity", start: 518, len: 4 },
+            RefParam { name: "member", start: 522, len: 7 },
         ],
         tokens: &[
             TokenParam { name: "actual", paths: &[TokenPath { path: "actual", kind: TokenKind::Boolean, system: None }] },
@@ -1201,7 +1199,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: false,
         references: &[
             RefParam { name: "coverage-area", start: 299, len: 1 },
-            RefParam { name: "endpoint", start: 527, len: 1 },
+            RefParam { name: "endpoint", start: 529, len: 1 },
             RefParam { name: "location", start: 299, len: 1 },
             RefParam { name: "organization", start: 0, len: 1 },
         ],
@@ -1222,14 +1220,14 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "basedon", start: 528, len: 5 },
+            RefParam { name: "basedon", start: 530, len: 5 },
             RefParam { name: "encounter", start: 358, len: 1 },
-            RefParam { name: "endpoint", start: 527, len: 1 },
+            RefParam { name: "endpoint", start: 529, len: 1 },
             RefParam { name: "interpreter", start: 403, len: 2 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "performer", start: 384, len: 7 },
             RefParam { name: "referrer", start: 403, len: 2 },
-            RefParam { name: "subject", start: 533, len: 3 },
+            RefParam { name: "subject", start: 535, len: 3 },
         ],
         tokens: &[
             TokenParam { name: "bodysite", paths: &[TokenPath { path: "series.bodySite", kind: TokenKind::Coding, system: None }] },
@@ -1254,7 +1252,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "performer", start: 399, len: 3 },
             RefParam { name: "reaction", start: 485, len: 1 },
-            RefParam { name: "reason-reference", start: 536, len: 3 },
+            RefParam { name: "reason-reference", start: 538, len: 3 },
         ],
         tokens: &[
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
@@ -1272,7 +1270,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "immunization-event", start: 539, len: 1 },
+            RefParam { name: "immunization-event", start: 541, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
         ],
         tokens: &[
@@ -1291,7 +1289,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         references: &[
             RefParam { name: "information", start: 9, len: 145 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "support", start: 540, len: 2 },
+            RefParam { name: "support", start: 542, len: 2 },
         ],
         tokens: &[
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
@@ -1324,7 +1322,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: false,
         references: &[
             RefParam { name: "administered-by", start: 0, len: 1 },
-            RefParam { name: "endpoint", start: 527, len: 1 },
+            RefParam { name: "endpoint", start: 529, len: 1 },
             RefParam { name: "owned-by", start: 0, len: 1 },
         ],
         tokens: &[
@@ -1347,7 +1345,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
             RefParam { name: "issuer", start: 0, len: 1 },
             RefParam { name: "participant", start: 332, len: 6 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "recipient", start: 453, len: 3 },
+            RefParam { name: "recipient", start: 451, len: 3 },
             RefParam { name: "subject", start: 373, len: 2 },
         ],
         tokens: &[
@@ -1399,11 +1397,11 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "encounter", start: 437, len: 2 },
+            RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "item", start: 9, len: 145 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "source", start: 542, len: 4 },
-            RefParam { name: "subject", start: 471, len: 4 },
+            RefParam { name: "source", start: 544, len: 4 },
+            RefParam { name: "subject", start: 469, len: 4 },
         ],
         tokens: &[
             TokenParam { name: "code", paths: &[TokenPath { path: "code", kind: TokenKind::CodeableConcept, system: None }] },
@@ -1417,7 +1415,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "endpoint", start: 527, len: 1 },
+            RefParam { name: "endpoint", start: 529, len: 1 },
             RefParam { name: "organization", start: 0, len: 1 },
             RefParam { name: "partof", start: 299, len: 1 },
         ],
@@ -1458,10 +1456,10 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: true,
         references: &[
             RefParam { name: "evaluated-resource", start: 9, len: 145 },
-            RefParam { name: "measure", start: 546, len: 1 },
+            RefParam { name: "measure", start: 548, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "reporter", start: 547, len: 4 },
-            RefParam { name: "subject", start: 551, len: 10 },
+            RefParam { name: "reporter", start: 549, len: 4 },
+            RefParam { name: "subject", start: 553, len: 7 },
         ],
         tokens: &[
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
@@ -1475,12 +1473,12 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "based-on", start: 561, len: 2 },
-            RefParam { name: "device", start: 563, len: 2 },
+            RefParam { name: "based-on", start: 560, len: 2 },
+            RefParam { name: "device", start: 562, len: 2 },
             RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "operator", start: 384, len: 7 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "subject", start: 565, len: 7 },
+            RefParam { name: "subject", start: 564, len: 7 },
         ],
         tokens: &[
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
@@ -1496,7 +1494,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "ingredient", start: 572, len: 2 },
+            RefParam { name: "ingredient", start: 571, len: 2 },
             RefParam { name: "manufacturer", start: 0, len: 1 },
         ],
         tokens: &[
@@ -1519,10 +1517,10 @@ pub(super) static TYPES: [TypeTables; 146] = [
         references: &[
             RefParam { name: "context", start: 382, len: 2 },
             RefParam { name: "device", start: 402, len: 1 },
-            RefParam { name: "medication", start: 574, len: 1 },
+            RefParam { name: "medication", start: 573, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "performer", start: 575, len: 5 },
-            RefParam { name: "request", start: 580, len: 1 },
+            RefParam { name: "performer", start: 574, len: 5 },
+            RefParam { name: "request", start: 579, len: 1 },
             RefParam { name: "subject", start: 373, len: 2 },
         ],
         tokens: &[
@@ -1544,11 +1542,11 @@ pub(super) static TYPES: [TypeTables; 146] = [
         references: &[
             RefParam { name: "context", start: 382, len: 2 },
             RefParam { name: "destination", start: 299, len: 1 },
-            RefParam { name: "medication", start: 574, len: 1 },
+            RefParam { name: "medication", start: 573, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "performer", start: 332, len: 6 },
-            RefParam { name: "prescription", start: 580, len: 1 },
-            RefParam { name: "receiver", start: 581, len: 2 },
+            RefParam { name: "prescription", start: 579, len: 1 },
+            RefParam { name: "receiver", start: 580, len: 2 },
             RefParam { name: "responsibleparty", start: 403, len: 2 },
             RefParam { name: "subject", start: 373, len: 2 },
         ],
@@ -1564,9 +1562,9 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "ingredient", start: 583, len: 1 },
+            RefParam { name: "ingredient", start: 582, len: 1 },
             RefParam { name: "manufacturer", start: 0, len: 1 },
-            RefParam { name: "monograph", start: 584, len: 2 },
+            RefParam { name: "monograph", start: 583, len: 2 },
         ],
         tokens: &[
             TokenParam { name: "classification", paths: &[TokenPath { path: "medicineClassification.classification", kind: TokenKind::CodeableConcept, system: None }] },
@@ -1591,7 +1589,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
             RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "intended-dispenser", start: 0, len: 1 },
             RefParam { name: "intended-performer", start: 384, len: 7 },
-            RefParam { name: "medication", start: 574, len: 1 },
+            RefParam { name: "medication", start: 573, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "requester", start: 332, len: 6 },
             RefParam { name: "subject", start: 373, len: 2 },
@@ -1614,8 +1612,8 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: true,
         references: &[
             RefParam { name: "context", start: 382, len: 2 },
-            RefParam { name: "medication", start: 574, len: 1 },
-            RefParam { name: "part-of", start: 586, len: 5 },
+            RefParam { name: "medication", start: 573, len: 1 },
+            RefParam { name: "part-of", start: 585, len: 5 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "source", start: 338, len: 5 },
             RefParam { name: "subject", start: 373, len: 2 },
@@ -1643,7 +1641,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: false,
         references: &[
             RefParam { name: "holder", start: 0, len: 1 },
-            RefParam { name: "subject", start: 591, len: 2 },
+            RefParam { name: "subject", start: 590, len: 2 },
         ],
         tokens: &[
             TokenParam { name: "country", paths: &[TokenPath { path: "country", kind: TokenKind::CodeableConcept, system: None }] },
@@ -1656,7 +1654,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "subject", start: 593, len: 2 },
+            RefParam { name: "subject", start: 592, len: 2 },
         ],
         tokens: &[],
     },
@@ -1665,7 +1663,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "subject", start: 593, len: 2 },
+            RefParam { name: "subject", start: 592, len: 2 },
         ],
         tokens: &[],
     },
@@ -1681,7 +1679,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "subject", start: 595, len: 3 },
+            RefParam { name: "subject", start: 594, len: 3 },
         ],
         tokens: &[],
     },
@@ -1697,7 +1695,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "subject", start: 598, len: 1 },
+            RefParam { name: "subject", start: 597, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
@@ -1719,7 +1717,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "subject", start: 593, len: 2 },
+            RefParam { name: "subject", start: 592, len: 2 },
         ],
         tokens: &[],
     },
@@ -1728,7 +1726,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "parent", start: 463, len: 2 },
+            RefParam { name: "parent", start: 461, len: 2 },
         ],
         tokens: &[
             TokenParam { name: "category", paths: &[TokenPath { path: "category", kind: TokenKind::Code, system: Some("http://hl7.org/fhir/message-significance-category") }] },
@@ -1798,8 +1796,8 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "encounter", start: 437, len: 2 },
-            RefParam { name: "instantiates-canonical", start: 463, len: 2 },
+            RefParam { name: "encounter", start: 358, len: 1 },
+            RefParam { name: "instantiates-canonical", start: 461, len: 2 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "provider", start: 403, len: 2 },
         ],
@@ -1820,17 +1818,17 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "based-on", start: 599, len: 6 },
-            RefParam { name: "derived-from", start: 605, len: 6 },
-            RefParam { name: "device", start: 563, len: 2 },
-            RefParam { name: "encounter", start: 437, len: 2 },
+            RefParam { name: "based-on", start: 598, len: 6 },
+            RefParam { name: "derived-from", start: 604, len: 6 },
+            RefParam { name: "device", start: 562, len: 2 },
+            RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "focus", start: 9, len: 145 },
-            RefParam { name: "has-member", start: 611, len: 3 },
-            RefParam { name: "part-of", start: 614, len: 6 },
+            RefParam { name: "has-member", start: 610, len: 3 },
+            RefParam { name: "part-of", start: 613, len: 6 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "performer", start: 375, len: 6 },
             RefParam { name: "specimen", start: 486, len: 1 },
-            RefParam { name: "subject", start: 471, len: 4 },
+            RefParam { name: "subject", start: 469, len: 4 },
         ],
         tokens: &[
             TokenParam { name: "category", paths: &[TokenPath { path: "category", kind: TokenKind::CodeableConcept, system: None }] },
@@ -1860,7 +1858,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "base", start: 620, len: 1 },
+            RefParam { name: "base", start: 619, len: 1 },
             RefParam { name: "input-profile", start: 346, len: 1 },
             RefParam { name: "output-profile", start: 346, len: 1 },
         ],
@@ -1889,7 +1887,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "endpoint", start: 527, len: 1 },
+            RefParam { name: "endpoint", start: 529, len: 1 },
             RefParam { name: "partof", start: 0, len: 1 },
         ],
         tokens: &[
@@ -1904,12 +1902,12 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "endpoint", start: 527, len: 1 },
+            RefParam { name: "endpoint", start: 529, len: 1 },
             RefParam { name: "location", start: 299, len: 1 },
             RefParam { name: "network", start: 0, len: 1 },
             RefParam { name: "participating-organization", start: 0, len: 1 },
             RefParam { name: "primary-organization", start: 0, len: 1 },
-            RefParam { name: "service", start: 621, len: 1 },
+            RefParam { name: "service", start: 620, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "active", paths: &[TokenPath { path: "active", kind: TokenKind::Boolean, system: None }] },
@@ -1934,7 +1932,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: false,
         references: &[
             RefParam { name: "general-practitioner", start: 399, len: 3 },
-            RefParam { name: "link", start: 456, len: 2 },
+            RefParam { name: "link", start: 454, len: 2 },
             RefParam { name: "organization", start: 0, len: 1 },
         ],
         tokens: &[
@@ -1967,7 +1965,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: false,
         references: &[
             RefParam { name: "payment-issuer", start: 0, len: 1 },
-            RefParam { name: "request", start: 622, len: 1 },
+            RefParam { name: "request", start: 621, len: 1 },
             RefParam { name: "requestor", start: 399, len: 3 },
         ],
         tokens: &[
@@ -1983,11 +1981,11 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "link", start: 623, len: 4 },
+            RefParam { name: "link", start: 622, len: 4 },
             RefParam { name: "organization", start: 0, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "practitioner", start: 325, len: 1 },
-            RefParam { name: "relatedperson", start: 627, len: 1 },
+            RefParam { name: "relatedperson", start: 626, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "address-use", paths: &[TokenPath { path: "address.use", kind: TokenKind::Code, system: Some("http://hl7.org/fhir/address-use") }] },
@@ -2002,7 +2000,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: false,
         references: &[
             RefParam { name: "composed-of", start: 9, len: 145 },
-            RefParam { name: "definition", start: 628, len: 3 },
+            RefParam { name: "definition", start: 627, len: 3 },
             RefParam { name: "depends-on", start: 154, len: 145 },
             RefParam { name: "derived-from", start: 9, len: 145 },
             RefParam { name: "predecessor", start: 9, len: 145 },
@@ -2038,11 +2036,11 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "endpoint", start: 527, len: 1 },
+            RefParam { name: "endpoint", start: 529, len: 1 },
             RefParam { name: "location", start: 299, len: 1 },
             RefParam { name: "organization", start: 0, len: 1 },
             RefParam { name: "practitioner", start: 325, len: 1 },
-            RefParam { name: "service", start: 621, len: 1 },
+            RefParam { name: "service", start: 620, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "active", paths: &[TokenPath { path: "active", kind: TokenKind::Boolean, system: None }] },
@@ -2060,14 +2058,14 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "based-on", start: 561, len: 2 },
-            RefParam { name: "encounter", start: 437, len: 2 },
+            RefParam { name: "based-on", start: 560, len: 2 },
+            RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "instantiates-canonical", start: 360, len: 5 },
             RefParam { name: "location", start: 299, len: 1 },
-            RefParam { name: "part-of", start: 631, len: 3 },
+            RefParam { name: "part-of", start: 630, len: 3 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "performer", start: 332, len: 6 },
-            RefParam { name: "reason-reference", start: 634, len: 5 },
+            RefParam { name: "reason-reference", start: 633, len: 5 },
             RefParam { name: "subject", start: 373, len: 2 },
         ],
         tokens: &[
@@ -2122,11 +2120,11 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: true,
         references: &[
             RefParam { name: "author", start: 332, len: 6 },
-            RefParam { name: "based-on", start: 561, len: 2 },
+            RefParam { name: "based-on", start: 560, len: 2 },
             RefParam { name: "encounter", start: 358, len: 1 },
-            RefParam { name: "part-of", start: 639, len: 2 },
+            RefParam { name: "part-of", start: 638, len: 2 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "questionnaire", start: 641, len: 1 },
+            RefParam { name: "questionnaire", start: 640, len: 1 },
             RefParam { name: "source", start: 300, len: 4 },
             RefParam { name: "subject", start: 9, len: 145 },
         ],
@@ -2161,9 +2159,9 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "author", start: 459, len: 3 },
+            RefParam { name: "author", start: 457, len: 3 },
             RefParam { name: "encounter", start: 358, len: 1 },
-            RefParam { name: "participant", start: 575, len: 5 },
+            RefParam { name: "participant", start: 574, len: 5 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "subject", start: 373, len: 2 },
         ],
@@ -2225,7 +2223,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         references: &[
             RefParam { name: "partof", start: 305, len: 1 },
             RefParam { name: "principalinvestigator", start: 403, len: 2 },
-            RefParam { name: "protocol", start: 642, len: 1 },
+            RefParam { name: "protocol", start: 641, len: 1 },
             RefParam { name: "site", start: 299, len: 1 },
             RefParam { name: "sponsor", start: 0, len: 1 },
         ],
@@ -2262,9 +2260,9 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: true,
         references: &[
             RefParam { name: "condition", start: 304, len: 1 },
-            RefParam { name: "encounter", start: 437, len: 2 },
+            RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "performer", start: 459, len: 3 },
+            RefParam { name: "performer", start: 457, len: 3 },
             RefParam { name: "subject", start: 373, len: 2 },
         ],
         tokens: &[
@@ -2309,8 +2307,8 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "component", start: 643, len: 1 },
-            RefParam { name: "derived-from", start: 643, len: 1 },
+            RefParam { name: "component", start: 642, len: 1 },
+            RefParam { name: "derived-from", start: 642, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "base", paths: &[TokenPath { path: "base", kind: TokenKind::Code, system: Some("http://hl7.org/fhir/resource-types") }] },
@@ -2332,15 +2330,15 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "based-on", start: 644, len: 3 },
-            RefParam { name: "encounter", start: 437, len: 2 },
-            RefParam { name: "instantiates-canonical", start: 463, len: 2 },
+            RefParam { name: "based-on", start: 643, len: 3 },
+            RefParam { name: "encounter", start: 358, len: 1 },
+            RefParam { name: "instantiates-canonical", start: 461, len: 2 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "performer", start: 365, len: 8 },
             RefParam { name: "replaces", start: 324, len: 1 },
             RefParam { name: "requester", start: 332, len: 6 },
             RefParam { name: "specimen", start: 486, len: 1 },
-            RefParam { name: "subject", start: 471, len: 4 },
+            RefParam { name: "subject", start: 469, len: 4 },
         ],
         tokens: &[
             TokenParam { name: "body-site", paths: &[TokenPath { path: "bodySite", kind: TokenKind::CodeableConcept, system: None }] },
@@ -2348,7 +2346,6 @@ pub(super) static TYPES: [TypeTables; 146] = [
             TokenParam { name: "code", paths: &[TokenPath { path: "code", kind: TokenKind::CodeableConcept, system: None }] },
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
             TokenParam { name: "intent", paths: &[TokenPath { path: "intent", kind: TokenKind::Code, system: Some("http://hl7.org/fhir/request-intent") }] },
-            TokenParam { name: "order-detail", paths: &[TokenPath { path: "orderDetail.text", kind: TokenKind::String, system: None }] },
             TokenParam { name: "performer-type", paths: &[TokenPath { path: "performerType", kind: TokenKind::CodeableConcept, system: None }] },
             TokenParam { name: "priority", paths: &[TokenPath { path: "priority", kind: TokenKind::Code, system: Some("http://hl7.org/fhir/request-priority") }] },
             TokenParam { name: "requisition", paths: &[TokenPath { path: "requisition", kind: TokenKind::Identifier, system: None }] },
@@ -2360,7 +2357,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "schedule", start: 647, len: 1 },
+            RefParam { name: "schedule", start: 646, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "appointment-type", paths: &[TokenPath { path: "appointmentType", kind: TokenKind::CodeableConcept, system: None }] },
@@ -2381,7 +2378,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
             RefParam { name: "collector", start: 403, len: 2 },
             RefParam { name: "parent", start: 486, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
-            RefParam { name: "subject", start: 648, len: 5 },
+            RefParam { name: "subject", start: 647, len: 5 },
         ],
         tokens: &[
             TokenParam { name: "accession", paths: &[TokenPath { path: "accessionIdentifier", kind: TokenKind::Identifier, system: None }] },
@@ -2410,7 +2407,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: false,
         references: &[
             RefParam { name: "base", start: 346, len: 1 },
-            RefParam { name: "valueset", start: 440, len: 1 },
+            RefParam { name: "valueset", start: 438, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "abstract", paths: &[TokenPath { path: "abstract", kind: TokenKind::Boolean, system: None }] },
@@ -2460,7 +2457,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "substance-reference", start: 583, len: 1 },
+            RefParam { name: "substance-reference", start: 582, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "category", paths: &[TokenPath { path: "category", kind: TokenKind::CodeableConcept, system: None }] },
@@ -2538,8 +2535,8 @@ pub(super) static TYPES: [TypeTables; 146] = [
         patient_param: false,
         references: &[
             RefParam { name: "requester", start: 332, len: 6 },
-            RefParam { name: "subject", start: 653, len: 3 },
-            RefParam { name: "supplier", start: 656, len: 2 },
+            RefParam { name: "subject", start: 652, len: 3 },
+            RefParam { name: "supplier", start: 655, len: 2 },
         ],
         tokens: &[
             TokenParam { name: "category", paths: &[TokenPath { path: "category", kind: TokenKind::CodeableConcept, system: None }] },
@@ -2559,7 +2556,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
             RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "focus", start: 9, len: 145 },
             RefParam { name: "owner", start: 365, len: 8 },
-            RefParam { name: "part-of", start: 622, len: 1 },
+            RefParam { name: "part-of", start: 621, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "requester", start: 332, len: 6 },
             RefParam { name: "subject", start: 9, len: 145 },
@@ -2593,7 +2590,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         compartment: &[],
         patient_param: false,
         references: &[
-            RefParam { name: "testscript", start: 658, len: 1 },
+            RefParam { name: "testscript", start: 657, len: 1 },
         ],
         tokens: &[
             TokenParam { name: "identifier", paths: &[TokenPath { path: "identifier", kind: TokenKind::Identifier, system: None }] },
@@ -2645,7 +2642,7 @@ pub(super) static TYPES: [TypeTables; 146] = [
         ],
         patient_param: true,
         references: &[
-            RefParam { name: "encounter", start: 437, len: 2 },
+            RefParam { name: "encounter", start: 358, len: 1 },
             RefParam { name: "patient", start: 1, len: 1 },
             RefParam { name: "prescriber", start: 403, len: 2 },
         ],
