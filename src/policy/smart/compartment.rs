@@ -972,6 +972,19 @@ mod tests {
     }
 
     #[test]
+    fn has_patient_param_is_a_patient_param_that_targets_only_patient() {
+        let mut n = 0;
+        for ty in ResourceType::all() {
+            let only_patient =
+                reference_targets(ty, "patient").is_some_and(|ts| names(ts) == ["Patient"]);
+            assert_eq!(has_patient_param(ty), only_patient, "{ty}");
+            n += usize::from(only_patient);
+        }
+        // Sanity: most clinical types have one.
+        assert!(n > 50, "{n}");
+    }
+
+    #[test]
     fn inclusion_paths_are_the_referenced_elements() {
         for (ty, name, paths) in [
             ("Observation", "subject", &["subject"][..]),
