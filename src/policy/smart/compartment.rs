@@ -1311,6 +1311,24 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_element_on_a_compartment_path_is_unresolvable() {
+        // `participant` must be an array of objects; a string there hides what it names.
+        let appt = json!({
+            "resourceType": "Appointment",
+            "participant": ["Patient/123", {"actor": {"reference": "Patient/123"}}]
+        });
+        assert_eq!(
+            patient_references(t("Appointment"), &appt, &[]),
+            [PatientRef::Unresolvable, PatientRef::Local("123".into())]
+        );
+        // Membership still follows the well-formed reference.
+        assert!(in_compartment(&appt, "123", &[]));
+        // `null` is absent, not malformed.
+        let obs = json!({"resourceType": "Observation", "subject": null, "performer": [null]});
+        assert!(patient_references(t("Observation"), &obs, &[]).is_empty());
+    }
+
+    #[test]
     fn a_patient_is_in_its_own_compartment_and_links_are_not_followed() {
         let p = json!({
             "resourceType": "Patient",
