@@ -767,6 +767,7 @@ impl<'a> Engine<'a> {
         let alt = || Alternative {
             target,
             patient: Some(Arc::from(p)),
+            outside_ok: self.sec.outside_compartment == OutsideCompartment::Allow,
             filter: None,
         };
         let body_ok = |t: ScopeType| -> Result<(), Why> {
@@ -879,6 +880,7 @@ impl<'a> Engine<'a> {
                 _ => Alternative {
                     target,
                     patient: None,
+                    outside_ok: false,
                     filter: None,
                 },
             };

@@ -848,3 +848,40 @@ fn the_section_exposes_its_settings() {
         assert!(s.iter().any(|x| x == want), "{want}");
     }
 }
+
+#[test]
+fn include_all_checks_compartment_types_and_lets_outside_types_through() {
+    let p = policy_with("");
+    let v = verdict(
+        &p,
+        Some("patient/*.rs"),
+        P,
+        "GET",
+        "/fhir/Observation?patient=123&_include=*",
+        None,
+    )
+    .unwrap();
+    let check = v.checks.response.expect("check");
+    let own: serde_json::Value = serde_json::from_str(OBS_123).unwrap();
+    let other: serde_json::Value = serde_json::from_str(OBS_456).unwrap();
+    let ok = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": own}, {"resource": {"resourceType": "Organization", "id": "o"}},
+    ]});
+    assert!(check.check(&ok).is_ok());
+    let leak =
+        json!({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": other}]});
+    assert!(check.check(&leak).is_err());
+    // With the switch off, types outside the compartment are not reached at all.
+    let p = policy_with("  patient_scopes_outside_compartment: deny\n");
+    let v = verdict(
+        &p,
+        Some("patient/*.rs"),
+        P,
+        "GET",
+        "/fhir/Observation?patient=123&_include=*",
+        None,
+    )
+    .unwrap();
+    let check = v.checks.response.expect("check");
+    assert!(check.check(&ok).is_err());
+}
