@@ -1493,7 +1493,9 @@ impl Why {
 
     fn detail(self) -> &'static str {
         match self {
-            Why::NoPatient => "patient/ scopes need a patient context, and the token has none",
+            Why::NoPatient => {
+                "patient/ scopes need a patient context (a FHIR id), and the token has none"
+            }
             Why::OtherPatient => "the request is about a patient other than the context patient",
             Why::Unconfined => {
                 "the search is not confined to the context patient (use patient=<id>, subject=Patient/<id>, or Patient/<id>/<type>)"
