@@ -767,6 +767,7 @@ impl<'a> Engine<'a> {
         let alt = || Alternative {
             target,
             patient: Some(Arc::from(p)),
+            outside_ok: self.sec.outside_compartment == OutsideCompartment::Allow,
             filter: None,
         };
         let body_ok = |t: ScopeType| -> Result<(), Why> {
@@ -879,6 +880,7 @@ impl<'a> Engine<'a> {
                 _ => Alternative {
                     target,
                     patient: None,
+                    outside_ok: false,
                     filter: None,
                 },
             };
@@ -1491,7 +1493,9 @@ impl Why {
 
     fn detail(self) -> &'static str {
         match self {
-            Why::NoPatient => "patient/ scopes need a patient context, and the token has none",
+            Why::NoPatient => {
+                "patient/ scopes need a patient context (a FHIR id), and the token has none"
+            }
             Why::OtherPatient => "the request is about a patient other than the context patient",
             Why::Unconfined => {
                 "the search is not confined to the context patient (use patient=<id>, subject=Patient/<id>, or Patient/<id>/<type>)"

@@ -197,11 +197,15 @@ pub struct ResourceCheck {
 }
 
 /// One way a resource of a type covered by `target` can be allowed: in the compartment of
-/// `patient` (if set) and matching the granular query (if set).
+/// `patient` (if set; types outside it when `outside_ok`) and matching the granular query
+/// (if set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Alternative {
     target: ScopeType,
     patient: Option<Arc<str>>,
+    /// With `patient`: resources of types outside the patient compartment pass (a `*`
+    /// grant under `patient_scopes_outside_compartment: allow`, SMART-SEMANTICS §3.4).
+    outside_ok: bool,
     filter: Option<super::scope::GranularQuery>,
 }
 

@@ -183,6 +183,12 @@ const CASES: &[Case] = &[
     ("letters union across grants (SAL2 equivalence)", Some("user/Observation.r user/Observation.s"), NOP, "GET", "/fhir/Observation?code=1&_count=5", None, "allow"),
     ("non-resource scopes grant nothing", Some("openid fhirUser launch/patient offline_access"), P, "GET", "/fhir/Patient/123", None, "deny insufficient_scope"),
     ("invalid scopes are ignored, never widened", Some("patient/Observation.sr"), P, "GET", "/fhir/Observation?patient=123", None, "deny insufficient_scope"),
+    ("v1 wildcard read on a confined search", Some("patient/*.read"), P, "GET", "/fhir/Condition?patient=123", None, "allow"),
+    ("v1 user/*.* deletes anything", Some("user/*.*"), NOP, "DELETE", "/fhir/Condition/1", None, "allow"),
+    ("v1 system/*.write creates", Some("system/*.write"), NOP, "POST", "/fhir/Condition", Some(r#"{"resourceType":"Condition","subject":{"reference":"Patient/9"}}"#), "allow"),
+    ("v1 system/*.write does not search", Some("system/*.write"), NOP, "GET", "/fhir/Condition?code=1", None, "deny insufficient_scope"),
+    ("v2 and v1 mixed: patient/Observation.read + patient/Observation.c", Some("patient/Observation.read patient/Observation.c"), P, "POST", "/fhir/Observation", Some(OBS_123), "allow"),
+    ("a patient claim that is not a FHIR id makes patient/ unusable", Some("patient/Patient.r"), Some("12 3"), "GET", "/fhir/Patient/123", None, "deny patient_context"),
     // --- create / update bodies ---
     ("create needs the body", Some("user/Observation.c"), NOP, "POST", "/fhir/Observation", None, "needs-body"),
     ("create without c is refused before the body", Some("user/Observation.r"), NOP, "POST", "/fhir/Observation", None, "deny insufficient_scope"),
@@ -847,4 +853,41 @@ fn the_section_exposes_its_settings() {
     ] {
         assert!(s.iter().any(|x| x == want), "{want}");
     }
+}
+
+#[test]
+fn include_all_checks_compartment_types_and_lets_outside_types_through() {
+    let p = policy_with("");
+    let v = verdict(
+        &p,
+        Some("patient/*.rs"),
+        P,
+        "GET",
+        "/fhir/Observation?patient=123&_include=*",
+        None,
+    )
+    .unwrap();
+    let check = v.checks.response.expect("check");
+    let own: serde_json::Value = serde_json::from_str(OBS_123).unwrap();
+    let other: serde_json::Value = serde_json::from_str(OBS_456).unwrap();
+    let ok = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": own}, {"resource": {"resourceType": "Organization", "id": "o"}},
+    ]});
+    assert!(check.check(&ok).is_ok());
+    let leak =
+        json!({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": other}]});
+    assert!(check.check(&leak).is_err());
+    // With the switch off, types outside the compartment are not reached at all.
+    let p = policy_with("  patient_scopes_outside_compartment: deny\n");
+    let v = verdict(
+        &p,
+        Some("patient/*.rs"),
+        P,
+        "GET",
+        "/fhir/Observation?patient=123&_include=*",
+        None,
+    )
+    .unwrap();
+    let check = v.checks.response.expect("check");
+    assert!(check.check(&ok).is_err());
 }
