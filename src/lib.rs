@@ -36,4 +36,5 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod schema;
 pub mod server;

@@ -1,0 +1,288 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every object reachable from the two roots, each once.
+fn objects() -> Vec<(String, &'static Obj)> {
+    fn walk_ty(path: &str, ty: &'static Ty, out: &mut Vec<(String, &'static Obj)>) {
+        match ty {
+            Ty::Obj(o) => walk(path.to_owned(), o, out),
+            Ty::ListOf(o, _) => walk(format!("{path}[]"), o, out),
+            Ty::List(item, _) | Ty::OneOrList(item) | Ty::MapOf(_, item) => {
+                walk_ty(&format!("{path}[]"), item, out)
+            }
+            _ => {}
+        }
+    }
+    fn walk(path: String, o: &'static Obj, out: &mut Vec<(String, &'static Obj)>) {
+        if out.iter().any(|(_, seen)| std::ptr::eq(*seen, o)) {
+            return;
+        }
+        out.push((path.clone(), o));
+        for p in o.props {
+            let sub = if path.is_empty() {
+                p.key.to_owned()
+            } else {
+                format!("{path}.{}", p.key)
+            };
+            walk_ty(&sub, &p.ty, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk("config:".to_owned(), &CONFIG, &mut out);
+    walk("policy:".to_owned(), &POLICY, &mut out);
+    out
+}
+
+/// The `const NAME_KEYS: &[&str] = &[...];` tables of every source file under `src/`, by
+/// `<file relative to src/>::<NAME>`.
+fn key_tables() -> BTreeMap<String, Vec<String>> {
+    fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("src/ is readable") {
+            let p = e.expect("dir entry").path();
+            if p.is_dir() {
+                // This module's tests spell key tables as test data.
+                if !p.ends_with("schema") {
+                    rs_files(&p, out);
+                }
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let src = manifest_dir().join("src");
+    let mut files = Vec::new();
+    rs_files(&src, &mut files);
+    let mut tables = BTreeMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("source is readable");
+        let rel = f
+            .strip_prefix(&src)
+            .expect("under src/")
+            .to_string_lossy()
+            .replace('\\', "/");
+        for (name, keys) in parse_key_tables(&text) {
+            tables.insert(format!("{rel}::{name}"), keys);
+        }
+    }
+    tables
+}
+
+/// Finds `const X_KEYS: &[&str] = &[ "a", "b", ];` (any visibility, any layout).
+fn parse_key_tables(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("const ") {
+        rest = &rest[at + "const ".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let after = rest[name.len()..].trim_start();
+        if !name.ends_with("_KEYS") || !after.starts_with(": &[&str]") {
+            continue;
+        }
+        let Some(open) = after.find("= &[") else {
+            continue;
+        };
+        let body = &after[open + "= &[".len()..];
+        let end = body.find("];").expect("a key table ends with `];`");
+        let keys = body[..end]
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        out.push((name, keys));
+    }
+    out
+}
+
+/// What differs between an object's properties and its loader table.
+fn compare(obj: &Obj, table: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for k in table {
+        if !obj.props.iter().any(|p| p.key == k) {
+            problems.push(format!(
+                "key `{k}` is read by the loader but missing from the schema"
+            ));
+        }
+    }
+    for p in obj.props {
+        if !p.pending && !table.iter().any(|k| k == p.key) {
+            problems.push(format!(
+                "key `{}` is in the schema but not in the loader's table",
+                p.key
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_shipped_schema_files_are_the_generated_ones() {
+    for (which, arg) in [(Which::Config, "config"), (Which::Policy, "policy")] {
+        let path = manifest_dir().join("schemas").join(file_name(which));
+        let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            shipped == render(which),
+            "{} is not what `fhirwall schema {arg}` prints; regenerate it with\n    cargo run -- schema {arg} > schemas/{}",
+            path.display(),
+            file_name(which)
+        );
+    }
+}
+
+#[test]
+fn every_schema_object_matches_its_loader_key_table() {
+    let tables = key_tables();
+    assert!(
+        tables.contains_key("config/file.rs::TOP_KEYS")
+            && tables.contains_key("policy/load.rs::ROUTE_KEYS"),
+        "the key-table scanner found no tables: {tables:?}"
+    );
+    let mut problems = Vec::new();
+    for (path, obj) in objects() {
+        let Some(id) = obj.keys else { continue };
+        match tables.get(id) {
+            None => problems.push(format!("{path}: no key table `{id}` in src/")),
+            Some(table) => {
+                for p in compare(obj, table) {
+                    problems.push(format!("{path} ({id}): {p}"));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "the schema (src/schema.rs) and the loaders disagree; add or remove the key next to \
+         the others of its object, then regenerate schemas/ (`cargo run -- schema config > \
+         schemas/fhirwall-config.schema.json`, same for `policy`):\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+#[test]
+fn every_loader_key_table_belongs_to_a_schema_object() {
+    let claimed: Vec<&str> = objects().iter().filter_map(|(_, o)| o.keys).collect();
+    let unclaimed: Vec<String> = key_tables()
+        .into_keys()
+        .filter(|id| !claimed.contains(&id.as_str()))
+        .collect();
+    assert!(
+        unclaimed.is_empty(),
+        "key tables no schema object describes (add an `Obj` with `keys: Some(\"<id>\")` in \
+         src/schema.rs, or point a pending one at it): {unclaimed:?}"
+    );
+}
+
+#[test]
+fn a_key_missing_on_either_side_is_reported() {
+    let table: Vec<String> = ["url", "connect_timeout", "new_key"]
+        .map(str::to_owned)
+        .to_vec();
+    let problems = compare(&UPSTREAM, &table);
+    assert!(problems
+        .iter()
+        .any(|p| p.contains("`new_key` is read by the loader but missing")));
+    assert!(problems
+        .iter()
+        .any(|p| p.contains("`read_timeout` is in the schema but not in the loader")));
+    // A pending key may be absent from the loader, not the other way round.
+    let policy_top: Vec<String> = [
+        "version",
+        "base_path",
+        "routes",
+        "quotas",
+        "distinct_patients",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    assert_eq!(compare(&POLICY, &policy_top), Vec::<String>::new());
+}
+
+#[test]
+fn the_table_scanner_reads_every_layout() {
+    let src = "const A_KEYS: &[&str] = &[\"x\", \"y\"];\n\
+               pub(crate) const B_KEYS: &[&str] = &[\n    \"p\",\n    \"q\",\n];\n\
+               const OTHER: &[&str] = &[\"z\"];\nconst MAX_KEYS: usize = 3;\n";
+    assert_eq!(
+        parse_key_tables(src),
+        vec![
+            ("A_KEYS".to_owned(), vec!["x".to_owned(), "y".to_owned()]),
+            ("B_KEYS".to_owned(), vec!["p".to_owned(), "q".to_owned()]),
+        ]
+    );
+}
+
+#[test]
+fn every_object_and_property_is_described() {
+    for (path, obj) in objects() {
+        assert!(!obj.desc.trim().is_empty(), "{path} has no description");
+        for p in obj.props {
+            assert!(
+                p.desc.trim().len() > 8,
+                "{path}.{} has no useful description",
+                p.key
+            );
+        }
+    }
+}
+
+#[test]
+fn defaults_are_valid_values_of_their_type() {
+    for (path, obj) in objects() {
+        for p in obj.props {
+            let Some(d) = p.default else { continue };
+            let ok = match &p.ty {
+                Ty::Duration => crate::config::yaml::parse_duration(d).is_some(),
+                Ty::Bool => d == "true" || d == "false",
+                Ty::Int(min, max) => d
+                    .parse::<u64>()
+                    .is_ok_and(|n| n >= *min && max.is_none_or(|m| n <= m)),
+                Ty::Enum(items) => items.contains(&d),
+                Ty::List(..) => serde_json::from_str::<Vec<String>>(d).is_ok(),
+                Ty::NonEmpty => !d.is_empty(),
+                Ty::Pattern(_) | Ty::Str => true,
+                _ => false,
+            };
+            assert!(ok, "{path}.{}: default `{d}` does not fit its type", p.key);
+            assert!(
+                !p.required,
+                "{path}.{} is required and has a default",
+                p.key
+            );
+        }
+    }
+}
+
+#[test]
+fn the_generated_schemas_are_json_with_the_draft_and_every_top_level_key() {
+    let config: serde_json::Value = serde_json::from_str(&render(Which::Config)).expect("JSON");
+    assert_eq!(
+        config["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert_eq!(config["additionalProperties"], false);
+    assert_eq!(
+        config["properties"]["upstream"]["properties"]["connect_timeout"]["default"],
+        "2s"
+    );
+    assert_eq!(
+        config["properties"]["issuers"]["items"]["required"],
+        serde_json::json!(["issuer", "audiences"])
+    );
+    let policy: serde_json::Value = serde_json::from_str(&render(Which::Policy)).expect("JSON");
+    let methods =
+        &policy["properties"]["routes"]["items"]["properties"]["methods"]["items"]["enum"];
+    assert_eq!(methods.as_array().map(Vec::len), Some(METHODS.len()));
+    assert_eq!(
+        policy["properties"]["fhir"]["properties"]["paging"]["properties"]["ttl"]["default"],
+        "30m"
+    );
+}
