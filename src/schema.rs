@@ -14,6 +14,7 @@
 
 use std::fmt::Write as _;
 
+use crate::policy::r4::RESOURCE_TYPES;
 use crate::policy::route::METHODS;
 use crate::ratelimit::interaction::Interaction;
 
@@ -67,14 +68,22 @@ pub fn file_name(which: Which) -> &'static str {
 
 /// One mapping of the file: the counterpart of one loader key table.
 pub(crate) struct Obj {
-    /// `<file under src/>::<const>` of the loader's key table, e.g.
-    /// `config/file.rs::UPSTREAM_KEYS`; `None` for a section whose loader is not written yet
-    /// (its keys are then not compared).
-    keys: Option<&'static str>,
+    /// The loader's key table this mapping mirrors.
+    keys: Keys,
     /// What the mapping is for.
     desc: &'static str,
     /// Its keys, in table order.
     props: &'static [Prop],
+}
+
+/// Where a mapping's key table is: `<file under src/>::<const>`, e.g.
+/// `config/file.rs::UPSTREAM_KEYS`.
+pub(crate) enum Keys {
+    /// The loader reads the mapping with this table; the two must agree.
+    Table(&'static str),
+    /// A table another branch is adding: compared as soon as it exists, tolerated while it
+    /// does not (then make it a [`Keys::Table`]).
+    Pending(&'static str),
 }
 
 /// One key of a mapping.
@@ -119,6 +128,8 @@ pub(crate) enum Ty {
     List(&'static Ty, u64),
     /// One item or a non-empty list of them.
     OneOrList(&'static Ty),
+    /// Exactly one of these.
+    OneOf(&'static [Ty]),
     /// A mapping.
     Obj(&'static Obj),
     /// A list of mappings (at least `min`).
@@ -177,6 +188,10 @@ fn methods() -> Vec<&'static str> {
     METHODS.to_vec()
 }
 
+fn resource_types() -> Vec<&'static str> {
+    RESOURCE_TYPES.to_vec()
+}
+
 fn interactions() -> Vec<&'static str> {
     Interaction::ALL.iter().map(|i| i.as_str()).collect()
 }
@@ -184,10 +199,10 @@ fn interactions() -> Vec<&'static str> {
 // --- configuration file (src/config/file.rs, src/ratelimit/spec.rs) ---
 
 static CONFIG: Obj = Obj {
-    keys: Some("config/file.rs::TOP_KEYS"),
+    keys: Keys::Table("config/file.rs::TOP_KEYS"),
     desc: "fhirwall gateway configuration. Unknown and duplicate keys are errors; durations are an integer with a unit (ms, s, m, h); relative paths are resolved against the folder of this file. `fhirwall check --config FILE` validates it and the policy it names.",
     props: &[
-        req("listen", Ty::OneOrList(&ADDR), "Where clients connect: one address or a list, e.g. `127.0.0.1:8080` or `['0.0.0.0:8443', '[::]:8443']`. IP address and port; host names are not resolved."),
+        req("listen", Ty::OneOrList(&Ty::OneOf(&[ADDR, Ty::Obj(&LISTENER)])), "Where clients connect: one listener or a list; a listener is an address (IP and port, e.g. `127.0.0.1:8080`; host names are not resolved) or a mapping with `address` and `tls`. Plain HTTP on a non-loopback address must be asked for with `plaintext: true`."),
         req("admin_listen", ADDR, "Admin listener (`/metrics`, `/healthz`, `/readyz`, `POST /admin/revoke`). Must differ from every `listen` address; keep it off the public network."),
         opt("realm", Ty::Pattern(r#"^[ !#-\[\]-~]+$"#), "fhirwall", "The `realm` of `WWW-Authenticate` challenges. Printable ASCII without `\"` or `\\`."),
         may("threads", Ty::Int(1, Some(1024)), "Worker threads of the proxy (default: the number of CPUs)."),
@@ -200,11 +215,15 @@ static CONFIG: Obj = Obj {
         may("forwarding", Ty::Obj(&FORWARDING), "Header handling toward the upstream."),
         may("log", Ty::Obj(&LOG), "Operational log."),
         may("rate_limit", Ty::Obj(&RATE_LIMIT), "Where rate-limit state lives (the quotas themselves are in the policy)."),
+        pending(may("shadow_policy", Ty::NonEmpty, "A candidate policy evaluated beside the active one on every request, without effect: its differing decisions are counted (`fhirwall_shadow_decisions_total`) and logged.")),
+        pending(may("reload", Ty::Obj(&RELOAD), "Hot reload of the configuration and the policy files.")),
+        pending(opt("shutdown_grace", Ty::Duration, "10s", "How long SIGTERM lets in-flight requests finish (1s to 1h).")),
+        pending(may("upgrade_sock", Ty::NonEmpty, "Unix socket for a zero-downtime binary upgrade (the listening sockets are handed to the new process).")),
     ],
 };
 
 static UPSTREAM: Obj = Obj {
-    keys: Some("config/file.rs::UPSTREAM_KEYS"),
+    keys: Keys::Table("config/file.rs::UPSTREAM_KEYS"),
     desc: "The backend allowed requests are forwarded to.",
     props: &[
         req("url", Ty::Pattern("^https?://[^/?#@]+/?$"), "`http://` or `https://` + host + optional port. No path (a trailing `/` is accepted): requests are forwarded with their own path, so a FHIR base path such as `/fhir` goes in the policy's `base_path`. No credentials, query or fragment."),
@@ -216,11 +235,45 @@ static UPSTREAM: Obj = Obj {
         opt("forward_authorization", Ty::Bool, "false", "Forward the client's `Authorization` header upstream."),
         opt("verify_tls", Ty::Bool, "true", "Verify the upstream certificate (https). `false` is a warning; never in production."),
         may("sni", Ty::NonEmpty, "Server name to send and to expect in the certificate (default: the URL's host)."),
+        pending(may("ca", Ty::NonEmpty, "PEM file of the CA certificates that issue the upstream's certificate (https only; default: the system's trust store).")),
+        pending(may("client_certificate", Ty::NonEmpty, "PEM certificate chain fhirwall presents to the upstream (mTLS; with `client_key`).")),
+        pending(may("client_key", Ty::NonEmpty, "PEM private key of `client_certificate`.")),
+    ],
+};
+
+static LISTENER: Obj = Obj {
+    keys: Keys::Pending("config/file.rs::LISTENER_KEYS"),
+    desc: "One listener: an address and, unless it is loopback or `plaintext: true`, TLS.",
+    props: &[
+        req("address", ADDR, "IP address and port, e.g. `0.0.0.0:8443`."),
+        may("tls", Ty::Obj(&LISTENER_TLS), "TLS on this listener: certificate, key, optional client certificates."),
+        opt("plaintext", Ty::Bool, "false", "Serve plain HTTP on a non-loopback address: only behind a TLS-terminating proxy on a trusted network (a warning)."),
+    ],
+};
+
+static LISTENER_TLS: Obj = Obj {
+    keys: Keys::Pending("config/file.rs::LISTENER_TLS_KEYS"),
+    desc: "TLS on a listener. The files are loaded at `fhirwall check`, and reloaded when they change.",
+    props: &[
+        req("certificate", Ty::NonEmpty, "PEM certificate chain, leaf first."),
+        req("key", Ty::NonEmpty, "PEM private key of the certificate."),
+        may("client_ca", Ty::NonEmpty, "PEM CA certificates that issue client certificates (mTLS)."),
+        may("client_auth", Ty::Enum(&["required", "optional"]), "With `client_ca`: whether a client certificate is required (the default) or optional."),
+        opt("reload_interval", Ty::Duration, "5s", "How often the certificate and key files are checked for changes."),
+    ],
+};
+
+static RELOAD: Obj = Obj {
+    keys: Keys::Pending("config/file.rs::RELOAD_KEYS"),
+    desc: "Hot reload: changed files are loaded and swapped in; files that do not load are refused and the running version keeps serving.",
+    props: &[
+        opt("watch", Ty::Bool, "true", "Watch the configuration and policy files for changes."),
+        opt("interval", Ty::Duration, "2s", "How often the files are checked."),
     ],
 };
 
 static ISSUER: Obj = Obj {
-    keys: Some("config/file.rs::ISSUER_KEYS"),
+    keys: Keys::Table("config/file.rs::ISSUER_KEYS"),
     desc: "One trusted token issuer.",
     props: &[
         req("issuer", Ty::Url, "The exact `iss` tokens must carry. `http://` to a non-loopback host is a warning. Each issuer once."),
@@ -237,7 +290,7 @@ static ISSUER: Obj = Obj {
 };
 
 static INTROSPECTION: Obj = Obj {
-    keys: Some("config/file.rs::INTROSPECTION_KEYS"),
+    keys: Keys::Table("config/file.rs::INTROSPECTION_KEYS"),
     desc: "RFC 7662 introspection of opaque tokens for one issuer. With several introspecting issuers, exactly one says `default: true`.",
     props: &[
         may("endpoint", Ty::Url, "The introspection endpoint; without it, `introspection_endpoint` of the issuer's discovery document."),
@@ -259,7 +312,7 @@ static INTROSPECTION: Obj = Obj {
 };
 
 static REVOCATION: Obj = Obj {
-    keys: Some("config/file.rs::REVOCATION_KEYS"),
+    keys: Keys::Table("config/file.rs::REVOCATION_KEYS"),
     desc: "Token revocation in the gateway: `POST /admin/revoke` on the admin listener, optionally propagated through Redis.",
     props: &[
         may("admin_token_env", ENV_NAME, "Environment variable holding the bearer token of `POST /admin/revoke` (at least 16 characters). Without it (or `admin_token_file`), the endpoint answers 404."),
@@ -272,7 +325,7 @@ static REVOCATION: Obj = Obj {
 };
 
 static TOKEN_CACHE: Obj = Obj {
-    keys: Some("config/file.rs::TOKEN_CACHE_KEYS"),
+    keys: Keys::Table("config/file.rs::TOKEN_CACHE_KEYS"),
     desc: "Verified-token cache (keyed by a hash of the token).",
     props: &[
         opt(
@@ -291,7 +344,7 @@ static TOKEN_CACHE: Obj = Obj {
 };
 
 static AUDIT: Obj = Obj {
-    keys: Some("config/file.rs::AUDIT_KEYS"),
+    keys: Keys::Table("config/file.rs::AUDIT_KEYS"),
     desc: "Audit trail: one hash-chained JSON line per request.",
     props: &[
         opt("path", Ty::NonEmpty, "stdout", "Where records go: `stdout`, or a file path (relative to this file's folder) the records are appended to."),
@@ -307,7 +360,7 @@ static AUDIT: Obj = Obj {
 };
 
 static AUDIT_CHECKPOINT: Obj = Obj {
-    keys: Some("config/file.rs::AUDIT_CHECKPOINT_KEYS"),
+    keys: Keys::Table("config/file.rs::AUDIT_CHECKPOINT_KEYS"),
     desc: "Signed checkpoints: the writer signs (seq, hash) of the chain head with an Ed25519 key and appends it to `<audit path>.checkpoints`.",
     props: &[
         req("key_file", Ty::NonEmpty, "Ed25519 private key, PKCS#8 PEM (`openssl genpkey -algorithm ed25519`). Read and checked at load time."),
@@ -317,7 +370,7 @@ static AUDIT_CHECKPOINT: Obj = Obj {
 };
 
 static FORWARDING: Obj = Obj {
-    keys: Some("config/file.rs::FORWARDING_KEYS"),
+    keys: Keys::Table("config/file.rs::FORWARDING_KEYS"),
     desc: "Header handling toward the upstream.",
     props: &[opt(
         "trust_forwarded_for",
@@ -328,7 +381,7 @@ static FORWARDING: Obj = Obj {
 };
 
 static LOG: Obj = Obj {
-    keys: Some("config/file.rs::LOG_KEYS"),
+    keys: Keys::Table("config/file.rs::LOG_KEYS"),
     desc: "Operational log (never the audit trail).",
     props: &[
         opt("level", Ty::NonEmpty, "info", "A `tracing` filter directive, e.g. `info` or `fhirwall=debug,info`; validated at load."),
@@ -337,7 +390,7 @@ static LOG: Obj = Obj {
 };
 
 static RATE_LIMIT: Obj = Obj {
-    keys: Some("ratelimit/spec.rs::CONFIG_KEYS"),
+    keys: Keys::Table("ratelimit/spec.rs::CONFIG_KEYS"),
     desc: "Where rate-limit state lives; without it every instance limits on its own, in memory.",
     props: &[
         opt("headers_on_allowed", Ty::Bool, "false", "Also send `RateLimit-Policy` / `RateLimit` on allowed responses (always sent on a quota's 429)."),
@@ -348,7 +401,7 @@ static RATE_LIMIT: Obj = Obj {
 };
 
 static REDIS: Obj = Obj {
-    keys: Some("ratelimit/spec.rs::REDIS_KEYS"),
+    keys: Keys::Table("ratelimit/spec.rs::REDIS_KEYS"),
     desc: "Shared rate-limit state in Redis.",
     props: &[
         req("url", Ty::Pattern("^redis://"), "`redis://[user:password@]host[:port][/db]`. `rediss://` (TLS) is not supported: reach Redis over a private network or a local TLS tunnel."),
@@ -362,7 +415,7 @@ static REDIS: Obj = Obj {
 // --- policy file (src/policy/load.rs, src/ratelimit/spec.rs) ---
 
 static POLICY: Obj = Obj {
-    keys: Some("policy/load.rs::TOP_KEYS"),
+    keys: Keys::Table("policy/load.rs::TOP_KEYS"),
     desc: "fhirwall policy: which requests are forwarded and the SMART scopes they need. Everything not allowed is refused (default deny). Unknown and duplicate keys are errors.",
     props: &[
         req("version", Ty::ConstInt(1), "The policy format version; must be `1`."),
@@ -375,7 +428,7 @@ static POLICY: Obj = Obj {
 };
 
 static ROUTE: Obj = Obj {
-    keys: Some("policy/load.rs::ROUTE_KEYS"),
+    keys: Keys::Table("policy/load.rs::ROUTE_KEYS"),
     desc: "One route: methods and a path pattern, and the scopes a request needs.",
     props: &[
         req("id", Ty::Pattern(ID_RE), "Unique; letters, digits, `_`, `.`, `-`. Names the route in metrics and audit records."),
@@ -389,7 +442,7 @@ static ROUTE: Obj = Obj {
 };
 
 static SCOPES_OBJ: Obj = Obj {
-    keys: Some("policy/load.rs::SCOPES_KEYS"),
+    keys: Keys::Table("policy/load.rs::SCOPES_KEYS"),
     desc: "Scopes a request needs: at least one of `any_of` and every one of `all_of` (at least one scope overall).",
     props: &[
         opt("any_of", SCOPES, "[]", "At least one must be satisfied (when non-empty), e.g. `[patient/Observation.rs, user/Observation.rs]`."),
@@ -398,7 +451,7 @@ static SCOPES_OBJ: Obj = Obj {
 };
 
 static PATIENT: Obj = Obj {
-    keys: Some("policy/load.rs::PATIENT_KEYS"),
+    keys: Keys::Table("policy/load.rs::PATIENT_KEYS"),
     desc: "Patient binding of a route: exactly one of `segment` and `query`.",
     props: &[
         may("segment", Ty::NonEmpty, "The `{name}` path segment that must equal the token's patient."),
@@ -407,7 +460,7 @@ static PATIENT: Obj = Obj {
 };
 
 static QUOTA: Obj = Obj {
-    keys: Some("ratelimit/spec.rs::QUOTA_KEYS"),
+    keys: Keys::Table("ratelimit/spec.rs::QUOTA_KEYS"),
     desc: "One rate-limit quota.",
     props: &[
         req("id", Ty::Pattern("^[A-Za-z0-9_.-]{1,64}$"), "Unique; letters, digits, `_`, `.`, `-`, at most 64. `distinct_patients` is reserved. Names the quota in `RateLimit` fields, audit records and `fhirwall_rate_limited_total{quota}`."),
@@ -422,7 +475,7 @@ static QUOTA: Obj = Obj {
 };
 
 static GUARD: Obj = Obj {
-    keys: Some("ratelimit/spec.rs::GUARD_KEYS"),
+    keys: Keys::Table("ratelimit/spec.rs::GUARD_KEYS"),
     desc: "The distinct-patients guard.",
     props: &[
         opt("key", Ty::Enum(&["client", "subject"]), "client", "Whose patients are counted."),
@@ -432,10 +485,9 @@ static GUARD: Obj = Obj {
     ],
 };
 
-// The `fhir:` section (issue 3, /work/notes/smart-api.md): its loader lands with the SMART
-// engine; point `keys` at its tables then.
+// The `fhir:` section (issue 3): its loader lands with the SMART engine branch.
 static FHIR: Obj = Obj {
-    keys: None,
+    keys: Keys::Pending("policy/load.rs::FHIR_KEYS"),
     desc: "SMART on FHIR enforcement under the FHIR base (`base_path`).",
     props: &[
         req("version", Ty::Enum(&["R4"]), "The FHIR version of the server; only `R4`."),
@@ -450,7 +502,7 @@ static FHIR: Obj = Obj {
 };
 
 static FHIR_PAGING: Obj = Obj {
-    keys: None,
+    keys: Keys::Pending("policy/load.rs::PAGING_KEYS"),
     desc: "Remembered next-page links.",
     props: &[
         opt(
@@ -475,35 +527,15 @@ static FHIR_PAGING: Obj = Obj {
 };
 
 static FHIR_OPERATION: Obj = Obj {
-    keys: None,
+    keys: Keys::Pending("policy/load.rs::OPERATION_KEYS"),
     desc: "One allowed FHIR operation and the scopes it needs.",
     props: &[
-        req(
-            "name",
-            Ty::Pattern("^[A-Za-z][A-Za-z0-9-]*$"),
-            "The operation name without `$`, e.g. `validate`.",
-        ),
-        req(
-            "level",
-            Ty::Enum(&["system", "type", "instance"]),
-            "Where it is invoked: `[base]/$op`, `[base]/Type/$op` or `[base]/Type/id/$op`.",
-        ),
-        may(
-            "types",
-            Ty::List(&Ty::Pattern("^[A-Z][A-Za-z]+$"), 1),
-            "Resource types it may be invoked on (any type when absent; not for system level).",
-        ),
-        opt(
-            "methods",
-            Ty::List(&Ty::Enum(&["GET", "POST"]), 1),
-            r#"["GET","POST"]"#,
-            "HTTP methods allowed.",
-        ),
-        req(
-            "scopes",
-            Ty::Obj(&SCOPES_OBJ),
-            "Scopes the operation needs.",
-        ),
+        req("name", Ty::Pattern("^[A-Za-z][A-Za-z0-9_-]{0,63}$"), "The operation name without `$`, e.g. `validate`."),
+        pending(may("description", Ty::Str, "Documentation only.")),
+        req("level", Ty::Enum(&["system", "type", "instance"]), "Where it is invoked: `[base]/$op`, `[base]/Type/$op` or `[base]/Type/id/$op`."),
+        may("types", Ty::List(&Ty::EnumFn(resource_types), 1), "FHIR R4 resource types it may be invoked on (any type when absent; not for system level)."),
+        opt("methods", Ty::List(&Ty::Enum(&["GET", "POST"]), 1), r#"["GET","POST"]"#, "HTTP methods allowed."),
+        req("scopes", Ty::Obj(&SCOPES_OBJ), "Scopes the operation needs."),
     ],
 };
 
@@ -532,10 +564,9 @@ fn obj_schema(o: &Obj) -> J {
         .map(|p| J::str(p.key))
         .collect();
     let mut out = vec![("description".to_owned(), J::str(o.desc))];
-    if let Some(keys) = o.keys {
-        // Where the loader's key table lives, for whoever extends the format.
-        out.push(("$comment".to_owned(), J::Str(format!("keys: src/{keys}"))));
-    }
+    // Where the loader's key table lives, for whoever extends the format.
+    let (Keys::Table(keys) | Keys::Pending(keys)) = o.keys;
+    out.push(("$comment".to_owned(), J::Str(format!("keys: src/{keys}"))));
     out.extend([
         ("type".to_owned(), J::str("object")),
         ("properties".to_owned(), J::Obj(props)),
@@ -605,6 +636,10 @@ fn ty_schema(ty: &Ty) -> J {
                     ("uniqueItems", J::Bool(true)),
                 ]),
             ]),
+        )]),
+        Ty::OneOf(alternatives) => kv(vec![(
+            "oneOf",
+            J::Arr(alternatives.iter().map(ty_schema).collect()),
         )]),
         Ty::Obj(o) => obj_schema(o),
         Ty::ListOf(o, min) => {
