@@ -30,8 +30,8 @@ fn objects() -> Vec<(String, &'static Obj)> {
         }
         out.push((path.clone(), o));
         for p in o.props {
-            let sub = if path.is_empty() {
-                p.key.to_owned()
+            let sub = if path.is_empty() || path.ends_with(':') {
+                format!("{path}{}", p.key)
             } else {
                 format!("{path}.{}", p.key)
             };
@@ -299,4 +299,160 @@ fn the_generated_schemas_are_json_with_the_draft_and_every_top_level_key() {
         policy["properties"]["fhir"]["properties"]["paging"]["properties"]["ttl"]["default"],
         "30m"
     );
+}
+
+/// Where each enum of the schema sits in a file the loader reads: the schema path of its
+/// object, the key, a document with `{V}` where the value goes, and the key path the loader
+/// reports problems at.
+struct EnumCase {
+    object: &'static str,
+    key: &'static str,
+    doc: &'static str,
+    at: &'static str,
+}
+
+const CONFIG_HEAD: &str = "listen: 127.0.0.1:18080\nadmin_listen: 127.0.0.1:19090\n\
+    policy: ../policies/legacy-api.yaml\nupstream: {url: 'http://127.0.0.1:1'}\n\
+    issuers:\n  - issuer: https://idp.example.org\n    audiences: [a]\n";
+
+const ENUM_CASES: &[EnumCase] = &[
+    EnumCase {
+        object: "config:issuers[]",
+        key: "algorithms",
+        doc: "    algorithms: [{V}]\n",
+        at: "issuers[0].algorithms[0]",
+    },
+    EnumCase {
+        object: "config:issuers[].introspection",
+        key: "auth",
+        doc: "    introspection: {client_id: c, auth: {V}, client_secret_env: S, private_key_file: k.pem}\n",
+        at: "issuers[0].introspection.auth",
+    },
+    EnumCase {
+        object: "config:issuers[].introspection",
+        key: "private_key_alg",
+        doc: "    introspection: {client_id: c, auth: private_key_jwt, private_key_file: k.pem, private_key_alg: {V}}\n",
+        at: "issuers[0].introspection.private_key_alg",
+    },
+    EnumCase {
+        object: "config:audit",
+        key: "durability",
+        doc: "audit: {durability: {V}}\n",
+        at: "audit.durability",
+    },
+    EnumCase {
+        object: "config:log",
+        key: "format",
+        doc: "log: {format: {V}}\n",
+        at: "log.format",
+    },
+    EnumCase {
+        object: "policy:routes[]",
+        key: "methods",
+        doc: "routes:\n  - {id: r, methods: [{V}], path: /x, scopes: {any_of: [user/Patient.r]}}\n",
+        at: "routes[0].methods[0]",
+    },
+    EnumCase {
+        object: "policy:quotas[]",
+        key: "key",
+        doc: "routes: []\nquotas:\n  - {id: q, key: {V}, rate: 10/1s}\n",
+        at: "quotas[0].key",
+    },
+    EnumCase {
+        object: "policy:quotas[]",
+        key: "interactions",
+        doc: "routes: []\nquotas:\n  - {id: q, key: client, rate: 10/1s, interactions: [{V}]}\n",
+        at: "quotas[0].interactions[0]",
+    },
+    EnumCase {
+        object: "policy:distinct_patients",
+        key: "key",
+        doc: "routes: []\ndistinct_patients: {key: {V}, limit: 10, window: 1h}\n",
+        at: "distinct_patients.key",
+    },
+    EnumCase {
+        object: "policy:distinct_patients",
+        key: "action",
+        doc: "routes: []\ndistinct_patients: {action: {V}, limit: 10, window: 1h}\n",
+        at: "distinct_patients.action",
+    },
+];
+
+/// The values an enum property (or a list of them) allows.
+fn enum_values(ty: &Ty) -> Option<Vec<&'static str>> {
+    match ty {
+        Ty::Enum(items) => Some(items.to_vec()),
+        Ty::EnumFn(f) => Some(f()),
+        Ty::List(item, _) => enum_values(item),
+        _ => None,
+    }
+}
+
+/// The error diagnostics the loader reports at `at` for `doc` with `value`.
+fn loader_errors_at(case: &EnumCase, value: &str) -> Vec<String> {
+    let doc = case.doc.replace("{V}", value);
+    let diags = if case.object.starts_with("config:") {
+        let path = manifest_dir().join("deploy/schema-test.yaml");
+        match crate::config::Config::from_str_at_with_warnings(
+            &format!("{CONFIG_HEAD}{doc}"),
+            &path,
+        ) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.0,
+        }
+    } else {
+        let src = format!("version: 1\n{doc}");
+        match crate::policy::Policy::parse(&src, Path::new("schema-test.yaml")) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.0,
+        }
+    };
+    diags
+        .into_iter()
+        .filter(|d| d.key == case.at && d.severity == crate::config::Severity::Error)
+        .map(|d| d.message)
+        .collect()
+}
+
+#[test]
+fn every_value_a_schema_enum_allows_is_accepted_by_the_loader_and_others_are_not() {
+    // Every enum of a mapping the loader reads is covered by a case.
+    for (path, obj) in objects() {
+        if matches!(obj.keys, Keys::Pending(_)) {
+            continue;
+        }
+        for p in obj.props.iter().filter(|p| !p.pending) {
+            if enum_values(&p.ty).is_some() {
+                assert!(
+                    ENUM_CASES
+                        .iter()
+                        .any(|c| c.object == path && c.key == p.key),
+                    "{path}.{}: an enum without an ENUM_CASES entry (schema/tests.rs)",
+                    p.key
+                );
+            }
+        }
+    }
+    let objs = objects();
+    for case in ENUM_CASES {
+        let (_, obj) = objs
+            .iter()
+            .find(|(path, _)| *path == case.object)
+            .unwrap_or_else(|| panic!("no schema object {}", case.object));
+        let prop = obj.props.iter().find(|p| p.key == case.key).expect("key");
+        let values = enum_values(&prop.ty).expect("an enum");
+        for v in values {
+            let errors = loader_errors_at(case, v);
+            assert!(
+                errors.is_empty(),
+                "{}: the schema allows `{v}`, the loader refuses it: {errors:?}",
+                case.at
+            );
+        }
+        assert!(
+            !loader_errors_at(case, "no-such-value").is_empty(),
+            "{}: the loader accepts a value outside the schema's enum (or the case does not reach the key)",
+            case.at
+        );
+    }
 }
