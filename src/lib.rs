@@ -37,3 +37,4 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;
+pub mod tls;

@@ -432,7 +432,7 @@ impl ProxyHttp for Gateway {
         };
         let client = session.client_addr().and_then(|a| a.as_inet());
         rt.upstream
-            .prepare_request(upstream_request, client, "http", &ctx.request_id)?;
+            .prepare_request(upstream_request, client, crate::tls::forwarded_proto(session), &ctx.request_id)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }

@@ -1,0 +1,1 @@
+//! Certificate loading and reload: files minted with rcgen in a temp folder.
