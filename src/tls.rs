@@ -570,4 +570,6 @@ fn provider_arc_ref() -> &'static Arc<CryptoProvider> {
 }
 
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
 mod tests;
