@@ -93,7 +93,9 @@ pub enum TlsFileError {
         why: String,
     },
     /// The key is not the key of the leaf certificate.
-    #[error("the private key in `{key}` does not belong to the first certificate in `{certificate}`")]
+    #[error(
+        "the private key in `{key}` does not belong to the first certificate in `{certificate}`"
+    )]
     KeyMismatch {
         /// The certificate chain file.
         certificate: PathBuf,
@@ -551,7 +553,10 @@ fn not_after(cert: &CertificateDer<'_>) -> i64 {
 fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 

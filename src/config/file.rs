@@ -16,11 +16,10 @@ use jsonwebtoken::Algorithm;
 
 use super::yaml::{self, index, join, MapView, Mark, Node, Reader};
 use super::{
-    AuditCheckpointConfig, AuditConfig, AuditDurability, AuditTarget, ClientAuth,
-    ClientCertConfig, ClientCertMode, Config, Diagnostic, Diagnostics, ForwardingConfig,
-    IdentityFiles, IntrospectionConfig, IssuerConfig, ListenerConfig, ListenerTlsConfig,
-    LogConfig, RateLimitConfig, RevocationConfig, SecretSource, TokenCacheConfig,
-    UpstreamConfig,
+    AuditCheckpointConfig, AuditConfig, AuditDurability, AuditTarget, ClientAuth, ClientCertConfig,
+    ClientCertMode, Config, Diagnostic, Diagnostics, ForwardingConfig, IdentityFiles,
+    IntrospectionConfig, IssuerConfig, ListenerConfig, ListenerTlsConfig, LogConfig,
+    RateLimitConfig, RevocationConfig, SecretSource, TokenCacheConfig, UpstreamConfig,
 };
 use crate::policy::Policy;
 
@@ -704,19 +703,23 @@ fn listener(
         None => Some(None),
         Some(t) => listener_tls(r, t, &join(key, "tls"), base_dir).map(Some),
     };
+    if plaintext == Some(true) && m.get("tls").is_some() {
+        let mark = m.get("plaintext").map_or(m.mark, |n| n.mark);
+        r.error(
+            mark,
+            &join(key, "plaintext"),
+            "`plaintext: true` contradicts `tls`; keep one",
+        );
+        return None;
+    }
     let (addr, addr_node, plaintext, tls) = (addr?, addr_node?, plaintext?, tls?);
     match (&tls, plaintext) {
-        (Some(_), true) => {
-            let mark = m.get("plaintext").map_or(m.mark, |n| n.mark);
-            r.error(
-                mark,
-                &join(key, "plaintext"),
-                "`plaintext: true` contradicts `tls`; keep one",
-            );
-            return None;
-        }
         (None, false) if !addr.ip().is_loopback() => {
-            r.error(addr_node.mark, &join(key, "address"), plaintext_refused(addr));
+            r.error(
+                addr_node.mark,
+                &join(key, "address"),
+                plaintext_refused(addr),
+            );
             return None;
         }
         (None, true) if !addr.ip().is_loopback() => {
@@ -858,7 +861,11 @@ fn ca_file(r: &mut Reader<'_>, n: &Node, key: &str, base_dir: &Path) -> Option<P
 fn non_empty_path(r: &mut Reader<'_>, n: &Node, key: &str, base_dir: &Path) -> Option<PathBuf> {
     let s = r.string(n, key)?;
     if s.is_empty() {
-        r.error(n.mark, key, format!("the `{}` path is empty", last_key(key)));
+        r.error(
+            n.mark,
+            key,
+            format!("the `{}` path is empty", last_key(key)),
+        );
         return None;
     }
     Some(base_dir.join(s))
@@ -949,11 +956,19 @@ fn upstream(r: &mut Reader<'_>, n: &Node, base_dir: &Path) -> Option<UpstreamCon
             base_dir,
         )
         .map(Some),
-        (Some(n), None) | (None, Some(n)) => {
+        (Some(n), None) => {
             r.error(
                 n.mark,
-                "upstream",
-                "give `client_certificate` and `client_key` together (mTLS to the upstream)",
+                "upstream.client_certificate",
+                "`client_certificate` needs `client_key` (mTLS to the upstream)",
+            );
+            None
+        }
+        (None, Some(n)) => {
+            r.error(
+                n.mark,
+                "upstream.client_key",
+                "`client_key` needs `client_certificate` (mTLS to the upstream)",
             );
             None
         }
@@ -1677,3 +1692,5 @@ fn algorithms(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<Vec<Algorithm>>
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

@@ -431,8 +431,12 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no runtime in request context");
         };
         let client = session.client_addr().and_then(|a| a.as_inet());
-        rt.upstream
-            .prepare_request(upstream_request, client, crate::tls::forwarded_proto(session), &ctx.request_id)?;
+        rt.upstream.prepare_request(
+            upstream_request,
+            client,
+            crate::tls::forwarded_proto(session),
+            &ctx.request_id,
+        )?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }

@@ -35,7 +35,9 @@ fn a_key_that_belongs_to_another_certificate_is_refused() {
     };
     let e = Identity::load(&crossed).err().unwrap();
     assert!(matches!(e, TlsFileError::KeyMismatch { .. }), "{e}");
-    assert!(e.to_string().contains("does not belong to the first certificate"));
+    assert!(e
+        .to_string()
+        .contains("does not belong to the first certificate"));
 }
 
 #[test]
@@ -44,7 +46,10 @@ fn an_expired_certificate_is_refused() {
     let files = TestCa::new("ca").leaf("old", true).write(dir.path(), "old");
     let e = Identity::load(&files).err().unwrap();
     assert!(matches!(e, TlsFileError::Expired { .. }), "{e}");
-    assert!(e.to_string().contains("expired at 2021-01-01T00:00:00Z"), "{e}");
+    assert!(
+        e.to_string().contains("expired at 2021-01-01T00:00:00Z"),
+        "{e}"
+    );
 }
 
 #[test]

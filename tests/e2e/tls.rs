@@ -178,12 +178,14 @@ async fn fetch_inner(
         let (_, conn) = tls.get_ref();
         (
             conn.protocol_version().expect("negotiated version"),
-            format!("{:?}", conn.negotiated_cipher_suite().expect("suite").suite()),
+            format!(
+                "{:?}",
+                conn.negotiated_cipher_suite().expect("suite").suite()
+            ),
             conn.peer_certificates().expect("server certificate")[0].to_vec(),
         )
     };
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tls.write_all(request.as_bytes())
         .await
         .map_err(|e| format!("write: {e}"))?;
@@ -231,7 +233,7 @@ fn client_hello(version: [u8; 2]) -> Vec<u8> {
     body.extend(version);
     body.extend([0x42; 32]); // random
     body.push(0); // no session id
-    // ECDHE-ECDSA/RSA-AES128-GCM-SHA256, and the CBC suites a TLS 1.1 client offers.
+                  // ECDHE-ECDSA/RSA-AES128-GCM-SHA256, and the CBC suites a TLS 1.1 client offers.
     let suites: [u16; 6] = [0xc02b, 0xc02f, 0xc009, 0xc013, 0x002f, 0x0035];
     body.extend(((suites.len() * 2) as u16).to_be_bytes());
     for s in suites {
@@ -290,17 +292,24 @@ async fn tls_1_3_and_1_2_clients_are_served_with_aead_suites_and_forwarded_as_ht
     let stack = tls_stack(dir.path(), &ca, "").await;
     let addr = stack.gateway.addr();
 
-    let any = fetch(addr, &ca, BOTH, None, "/fhir/metadata").await.unwrap();
+    let any = fetch(addr, &ca, BOTH, None, "/fhir/metadata")
+        .await
+        .unwrap();
     assert_eq!(any.version, ProtocolVersion::TLSv1_3, "1.3 is preferred");
     assert_eq!(any.status, 200);
 
-    let v13 = fetch(addr, &ca, TLS13, None, "/fhir/metadata").await.unwrap();
+    let v13 = fetch(addr, &ca, TLS13, None, "/fhir/metadata")
+        .await
+        .unwrap();
     assert_eq!((v13.version, v13.status), (ProtocolVersion::TLSv1_3, 200));
 
-    let v12 = fetch(addr, &ca, TLS12, None, "/fhir/metadata").await.unwrap();
+    let v12 = fetch(addr, &ca, TLS12, None, "/fhir/metadata")
+        .await
+        .unwrap();
     assert_eq!((v12.version, v12.status), (ProtocolVersion::TLSv1_2, 200));
     assert!(
-        v12.suite.starts_with("TLS_ECDHE_") && (v12.suite.contains("GCM") || v12.suite.contains("CHACHA20")),
+        v12.suite.starts_with("TLS_ECDHE_")
+            && (v12.suite.contains("GCM") || v12.suite.contains("CHACHA20")),
         "TLS 1.2 negotiates ECDHE with an AEAD: {}",
         v12.suite
     );
@@ -329,7 +338,11 @@ async fn a_tls_1_1_client_is_refused_while_the_same_hello_as_1_2_is_answered() {
     let answer = raw_hello(addr, &client_hello([3, 2])).await;
     match answer.first() {
         None => {}
-        Some(21) => assert_eq!(answer.get(6), Some(&70), "protocol_version alert: {answer:?}"),
+        Some(21) => assert_eq!(
+            answer.get(6),
+            Some(&70),
+            "protocol_version alert: {answer:?}"
+        ),
         Some(_) => panic!("TLS 1.1 must be refused, got {answer:?}"),
     }
     assert_backend_untouched(&stack);
@@ -391,14 +404,29 @@ async fn optional_client_certificates_allow_none_but_still_refuse_foreign_ones()
     let stack = tls_stack(dir.path(), &ca, &extra).await;
     let addr = stack.gateway.addr();
 
-    let refused = fetch(addr, &ca, BOTH, Some(&foreign.client("x")), "/fhir/metadata").await;
+    let refused = fetch(
+        addr,
+        &ca,
+        BOTH,
+        Some(&foreign.client("x")),
+        "/fhir/metadata",
+    )
+    .await;
     assert!(refused.is_err(), "certificate of another CA: {refused:?}");
     assert_backend_untouched(&stack);
-    let none = fetch(addr, &ca, BOTH, None, "/fhir/metadata").await.unwrap();
-    assert_eq!(none.status, 200);
-    let good = fetch(addr, &ca, BOTH, Some(&clients.client("x")), "/fhir/metadata")
+    let none = fetch(addr, &ca, BOTH, None, "/fhir/metadata")
         .await
         .unwrap();
+    assert_eq!(none.status, 200);
+    let good = fetch(
+        addr,
+        &ca,
+        BOTH,
+        Some(&clients.client("x")),
+        "/fhir/metadata",
+    )
+    .await
+    .unwrap();
     assert_eq!(good.status, 200);
 }
 
@@ -408,7 +436,9 @@ async fn a_replaced_certificate_is_served_without_a_restart_and_a_bad_one_is_ref
     let ca = Ca::new("listener CA");
     let stack = tls_stack(dir.path(), &ca, ", reload_interval: 100ms").await;
     let addr = stack.gateway.addr();
-    let first = fetch(addr, &ca, BOTH, None, "/fhir/metadata").await.unwrap();
+    let first = fetch(addr, &ca, BOTH, None, "/fhir/metadata")
+        .await
+        .unwrap();
     let pid = stack.gateway.pid();
 
     // Renewal: a new certificate and key, each moved into place in one rename.
@@ -422,23 +452,52 @@ async fn a_replaced_certificate_is_served_without_a_restart_and_a_bad_one_is_ref
     assert_eq!(served.status, 200);
     assert_eq!(stack.gateway.pid(), pid);
     assert!(stack.gateway.exit_status().is_none(), "no restart");
-    wait_for_metric(&stack, "fhirwall_tls_certificate_reloads_total", "success", 1.0).await;
+    wait_for_metric(
+        &stack,
+        "fhirwall_tls_certificate_reloads_total",
+        "success",
+        1.0,
+    )
+    .await;
 
     // A broken certificate file is refused; the renewed certificate keeps serving.
-    std::fs::write(dir.path().join("server.crt"), "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
-    wait_for_metric(&stack, "fhirwall_tls_certificate_reloads_total", "failure", 1.0).await;
-    let still = fetch(addr, &ca, BOTH, None, "/fhir/metadata").await.unwrap();
+    std::fs::write(
+        dir.path().join("server.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    wait_for_metric(
+        &stack,
+        "fhirwall_tls_certificate_reloads_total",
+        "failure",
+        1.0,
+    )
+    .await;
+    let still = fetch(addr, &ca, BOTH, None, "/fhir/metadata")
+        .await
+        .unwrap();
     assert_eq!(still.server_cert, renewed.der);
     assert_eq!(still.status, 200);
     assert!(
-        stack.gateway.stderr().contains("still serving the previous certificate"),
+        stack
+            .gateway
+            .stderr()
+            .contains("still serving the previous certificate"),
         "the refusal is logged"
     );
     // A certificate that does not match the key is refused too.
     let mismatched = ca.server("other key", &["localhost"]);
     std::fs::write(dir.path().join("server.crt"), &mismatched.cert_pem).unwrap();
-    wait_for_metric(&stack, "fhirwall_tls_certificate_reloads_total", "failure", 2.0).await;
-    let still = fetch(addr, &ca, BOTH, None, "/fhir/metadata").await.unwrap();
+    wait_for_metric(
+        &stack,
+        "fhirwall_tls_certificate_reloads_total",
+        "failure",
+        2.0,
+    )
+    .await;
+    let still = fetch(addr, &ca, BOTH, None, "/fhir/metadata")
+        .await
+        .unwrap();
     assert_eq!(still.server_cert, renewed.der);
     let expiry = stack
         .gateway
@@ -635,7 +694,9 @@ async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
     assert_eq!(backend.request_count(), 0);
     drop(gateway);
 
-    let (cert, key) = gateway_clients.client("fhirwall").write(dir.path(), "gw-client");
+    let (cert, key) = gateway_clients
+        .client("fhirwall")
+        .write(dir.path(), "gw-client");
     let keys = format!(
         "ca: {}, client_certificate: {}, client_key: {}",
         json(&ca),
