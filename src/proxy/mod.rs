@@ -431,12 +431,9 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no runtime in request context");
         };
         let client = session.client_addr().and_then(|a| a.as_inet());
-        rt.upstream.prepare_request(
-            upstream_request,
-            client,
-            crate::tls::forwarded_proto(session),
-            &ctx.request_id,
-        )?;
+        let proto = crate::tls::forwarded_proto(session);
+        rt.upstream
+            .prepare_request(upstream_request, client, proto, &ctx.request_id)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
