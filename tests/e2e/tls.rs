@@ -735,3 +735,42 @@ async fn check_reports_a_key_that_does_not_match_its_certificate_at_its_line() {
         "{all}"
     );
 }
+
+#[tokio::test]
+async fn verify_tls_false_is_explicit_and_loud_and_plain_transports_are_logged() {
+    let issuer = TestIssuer::start();
+    let backend = TestBackend::start();
+    let unknown_ca = Ca::new("unknown CA");
+    let front = tls_front(
+        backend.addr(),
+        &unknown_ca.server("fhir backend", &["127.0.0.1"]),
+        None,
+    )
+    .await;
+    let gateway = gateway_to(&issuer, &format!("https://{front}"), "verify_tls: false").await;
+    assert_eq!(status_of(&gateway, "/fhir/metadata").await, 200);
+    wait_for_stderr(
+        &gateway,
+        "TLS CERTIFICATE VERIFICATION OF THE UPSTREAM IS DISABLED",
+    )
+    .await;
+    // The loopback plain listener is logged too.
+    wait_for_stderr(&gateway, "listener serves clients in plain HTTP").await;
+    drop(gateway);
+
+    let gateway = gateway_to(&issuer, &backend.base_url(), "").await;
+    wait_for_stderr(&gateway, "upstream is reached in plain HTTP").await;
+}
+
+/// Waits until the gateway's stderr (read by a thread) contains `needle`, up to 10 s.
+async fn wait_for_stderr(gateway: &Gateway, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !gateway.stderr().contains(needle) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stderr never said {needle:?}:\n{}",
+            gateway.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
