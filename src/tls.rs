@@ -5,9 +5,9 @@
 //! things of ours instead of file paths:
 //! - a [`ServerCertificate`], the `ResolvesServerCert` that hands rustls the current
 //!   certificate from an `ArcSwap`. [`ServerCertificate::watch`] re-reads the files every
-//!   `reload_interval` and swaps in a new certificate when their content changed; a file that
-//!   does not load (bad PEM, key not matching, expired) is refused with a log line and the
-//!   previous certificate keeps serving. Each handshake takes the certificate current at that
+//!   `reload_interval` and at SIGHUP, and swaps in a new certificate when their content
+//!   changed; a file that does not load (bad PEM, key not matching, expired) is refused with
+//!   a log line and the previous certificate keeps serving. Each handshake takes the certificate current at that
 //!   moment, so a renewal needs no restart and drops no connection.
 //! - for mTLS, a webpki client verifier over the `client_ca` bundle, `required` or
 //!   `optional`.
@@ -252,13 +252,37 @@ impl ServerCertificate {
         outcome
     }
 
-    /// Checks the files every `interval`, forever.
+    /// Checks the files every `interval` and at every SIGHUP, forever.
     pub async fn watch(self: Arc<Self>, interval: Duration) {
+        // Every SIGHUP listener in the process is woken (tokio fans the signal out), so this
+        // coexists with other uses of SIGHUP, e.g. a configuration reload.
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(listener = %self.listener, error = %e, "cannot listen for SIGHUP; TLS certificate files are still checked on schedule");
+                None
+            }
+        };
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        tracing::info!(
+            listener = %self.listener,
+            certificate = %self.files.certificate.display(),
+            interval = ?interval,
+            "watching the TLS certificate files (and SIGHUP)"
+        );
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = async {
+                    match hangup.as_mut() {
+                        Some(s) => { s.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
             // A few kilobytes, read off the async workers so a slow disk stalls nothing.
             let this = self.clone();
             if tokio::task::spawn_blocking(move || this.check_for_change())

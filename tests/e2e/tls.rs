@@ -510,6 +510,33 @@ async fn a_replaced_certificate_is_served_without_a_restart_and_a_bad_one_is_ref
     assert!(expiry > unix_now() as f64, "a future notAfter: {expiry}");
 }
 
+#[tokio::test]
+async fn sighup_reloads_the_certificate_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("listener CA");
+    // No scheduled check during the test: only the signal can explain the new certificate.
+    let stack = tls_stack(dir.path(), &ca, ", reload_interval: 1h").await;
+    let addr = stack.gateway.addr();
+    wait_for_stderr(&stack.gateway, "watching the TLS certificate files").await;
+    let renewed = ca.server("gateway renewed", &["localhost", "127.0.0.1"]);
+    renewed.write(dir.path(), "server");
+    let before = fetch(addr, &ca, BOTH, None, "/fhir/metadata")
+        .await
+        .unwrap();
+    assert_ne!(
+        before.server_cert, renewed.der,
+        "not reloaded without the signal"
+    );
+
+    stack.gateway.signal("HUP");
+    let served = wait_for_certificate(addr, &ca, &renewed.der).await;
+    assert_eq!(served.status, 200);
+    assert!(
+        stack.gateway.exit_status().is_none(),
+        "SIGHUP does not stop the gateway"
+    );
+}
+
 /// Fetches until the server presents `der`, up to 20 s.
 async fn wait_for_certificate(addr: SocketAddr, ca: &Ca, der: &[u8]) -> Fetched {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
