@@ -3,7 +3,8 @@
 //! signal stops it.
 //!
 //! pingora's signal handling applies: SIGTERM drains in-flight requests (graceful), SIGINT
-//! stops at once, SIGQUIT hands the listeners to a new process (`--upgrade`).
+//! stops at once, SIGQUIT hands the listeners to a new process (`--upgrade`). SIGHUP makes
+//! each TLS listener re-read its certificate files (`tls::ServerCertificate::watch`).
 
 use std::future::Future;
 use std::pin::Pin;

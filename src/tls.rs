@@ -574,7 +574,8 @@ fn not_after(cert: &CertificateDer<'_>) -> i64 {
         .unwrap_or(i64::MIN)
 }
 
-fn rfc3339(unix: i64) -> String {
+/// A Unix time as RFC 3339 (the number itself if out of range).
+pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {

@@ -131,6 +131,8 @@ const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
 const DEFAULT_ALLOW_QUERY_PARAMS: [&str; 5] =
     ["_count", "_sort", "_summary", "_elements", "_format"];
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// A certificate closer than this to its `notAfter` is a warning.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 pub(super) fn load(path: &Path) -> Result<Config, Diagnostics> {
     let (config, warnings) = load_with_warnings(path)?;
@@ -832,9 +834,23 @@ fn identity_files(
     };
     let (chain, private) = (chain?, private?);
     match crate::tls::Identity::new(chain, private, &files)
-        .and_then(|id| id.key_der_for_pingora(&files))
+        .and_then(|id| id.key_der_for_pingora(&files).map(|_| id))
     {
-        Ok(_) => Some(files),
+        Ok(id) => {
+            let left = id.not_after - time::OffsetDateTime::now_utc().unix_timestamp();
+            if left < EXPIRY_WARNING.as_secs() as i64 {
+                r.warning(
+                    cert_mark,
+                    keys.0,
+                    format!(
+                        "the certificate expires in {} days ({}); renew it",
+                        left / 86_400,
+                        crate::tls::rfc3339(id.not_after)
+                    ),
+                );
+            }
+            Some(files)
+        }
         Err(e @ crate::tls::TlsFileError::Expired { .. }) => {
             r.error(cert_mark, keys.0, e.to_string());
             None

@@ -34,13 +34,19 @@ impl TestCa {
 
     /// A leaf for `localhost`; `expired` sets its validity in the past.
     pub(crate) fn leaf(&self, cn: &str, expired: bool) -> TestLeaf {
+        if expired {
+            return self.leaf_until(cn, time::macros::datetime!(2021-01-01 0:00 UTC));
+        }
+        self.leaf_until(cn, time::macros::datetime!(4096-01-01 0:00 UTC))
+    }
+
+    /// A leaf for `localhost` valid until `not_after`.
+    pub(crate) fn leaf_until(&self, cn: &str, not_after: time::OffsetDateTime) -> TestLeaf {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
-        if expired {
-            params.not_before = time::macros::datetime!(2020-01-01 0:00 UTC);
-            params.not_after = time::macros::datetime!(2021-01-01 0:00 UTC);
-        }
+        params.not_before = time::macros::datetime!(2020-01-01 0:00 UTC);
+        params.not_after = not_after;
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         TestLeaf {
             cert_pem: cert.pem(),

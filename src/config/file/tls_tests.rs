@@ -230,3 +230,27 @@ fn a_plain_http_upstream_on_another_host_is_a_warning() {
         .warnings(&config("127.0.0.1:8080", PLAIN_UPSTREAM))
         .is_empty());
 }
+
+#[test]
+fn a_certificate_close_to_expiry_is_a_warning_and_an_expired_one_an_error() {
+    let f = Fixture::new();
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::hours(3 * 24 + 12);
+    f.ca.leaf_until("soon", soon).write(f.dir.path(), "soon");
+    f.ca.leaf("old", true).write(f.dir.path(), "old");
+    let listen = |name: &str| {
+        format!(
+            "[{{ address: 0.0.0.0:8443, tls: {{ certificate: {name}.crt, key: {name}.key }} }}]"
+        )
+    };
+    let w = f.warnings(&config(&listen("soon"), PLAIN_UPSTREAM));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("1:55 listen[0].tls.certificate | the certificate expires in 3 days ("),
+        "{w:?}"
+    );
+    let old = f.path("old.crt");
+    assert_eq!(
+        f.errors(&config(&listen("old"), PLAIN_UPSTREAM)),
+        [format!("1:55 listen[0].tls.certificate | the certificate in `{old}` expired at 2021-01-01T00:00:00Z")]
+    );
+}
