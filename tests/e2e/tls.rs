@@ -322,7 +322,7 @@ async fn tls_1_3_and_1_2_clients_are_served_with_aead_suites_and_forwarded_as_ht
 }
 
 #[tokio::test]
-async fn a_tls_1_1_client_is_refused_while_the_same_hello_as_1_2_is_answered() {
+async fn tls_1_1_and_older_clients_are_refused_while_the_same_hello_as_1_2_is_answered() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("listener CA");
     let stack = tls_stack(dir.path(), &ca, "").await;
@@ -333,17 +333,19 @@ async fn a_tls_1_1_client_is_refused_while_the_same_hello_as_1_2_is_answered() {
     assert_eq!(answer.first(), Some(&22), "a handshake record: {answer:?}");
     assert_eq!(answer.get(5), Some(&2), "a ServerHello: {answer:?}");
 
-    // The same offer limited to TLS 1.1: an alert (protocol_version) or a close, never a
-    // ServerHello.
-    let answer = raw_hello(addr, &client_hello([3, 2])).await;
-    match answer.first() {
-        None => {}
-        Some(21) => assert_eq!(
-            answer.get(6),
-            Some(&70),
-            "protocol_version alert: {answer:?}"
-        ),
-        Some(_) => panic!("TLS 1.1 must be refused, got {answer:?}"),
+    // The same offer limited to TLS 1.1 (and 1.0, SSL 3.0): a protocol_version alert or a
+    // close, never a ServerHello.
+    for version in [[3, 2], [3, 1], [3, 0]] {
+        let answer = raw_hello(addr, &client_hello(version)).await;
+        match answer.first() {
+            None => {}
+            Some(21) => assert_eq!(
+                answer.get(6),
+                Some(&70),
+                "{version:?}: protocol_version alert: {answer:?}"
+            ),
+            Some(_) => panic!("{version:?} must be refused, got {answer:?}"),
+        }
     }
     assert_backend_untouched(&stack);
 }
