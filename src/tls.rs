@@ -274,14 +274,18 @@ impl ServerCertificate {
             "watching the TLS certificate files (and SIGHUP)"
         );
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = async {
+            let hangup_ended = tokio::select! {
+                _ = tick.tick() => false,
+                signal = async {
                     match hangup.as_mut() {
-                        Some(s) => { s.recv().await; }
-                        None => std::future::pending::<()>().await,
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
                     }
-                } => {}
+                } => signal.is_none(),
+            };
+            if hangup_ended {
+                // The signal stream is gone; keep to the schedule rather than spin.
+                hangup = None;
             }
             // A few kilobytes, read off the async workers so a slow disk stalls nothing.
             let this = self.clone();
