@@ -26,7 +26,6 @@ use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, Runtime};
 use crate::ratelimit::Limiter;
-use crate::tls::ServerCertificate;
 
 /// Seconds in-flight requests get to finish after SIGTERM.
 const GRACE_PERIOD_SECS: u64 = 10;
@@ -118,31 +117,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         gateway,
         "fhirwall proxy",
     );
-    let tls_metrics = crate::tls::TlsMetrics::register(metrics.registry())
-        .context("registering the TLS metrics")?;
-    let mut certificates = Vec::new();
-    for listener in &config.listeners {
-        let addr = listener.addr.to_string();
-        match &listener.tls {
-            Some(tls) => {
-                let cert = Arc::new(
-                    ServerCertificate::load(&tls.identity, &addr, Some(tls_metrics.clone()))
-                        .with_context(|| format!("loading the TLS certificate of {addr}"))?,
-                );
-                let settings = crate::tls::listener_settings(cert.clone(), tls)
-                    .with_context(|| format!("setting up TLS on {addr}"))?;
-                proxy.add_tls_with_settings(&addr, None, settings);
-                certificates.push((cert, tls.reload_interval));
-            }
-            None => {
-                // Loopback, or `plaintext: true` in the file (the configuration refuses
-                // anything else).
-                tracing::warn!(listener = %addr, "listener serves clients in plain HTTP (no TLS)");
-                proxy.add_tcp(&addr);
-            }
-        }
-    }
-    warn_about_upstream_transport(&config.upstream);
+    // TLS listeners, and plain ones (loopback or `plaintext: true`) with a warning.
+    let certificates = crate::tls::add_listeners(&mut proxy, &config.listeners, &metrics)?;
+    crate::tls::warn_about_upstream_transport(&config.upstream);
     server.add_service(proxy);
     for (cert, interval) in certificates {
         server.add_service(background_service(
@@ -206,24 +183,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         "fhirwall starting"
     );
     server.run_forever()
-}
-
-/// Start-up log lines for an upstream reached without (verified) TLS.
-fn warn_about_upstream_transport(upstream: &crate::config::UpstreamConfig) {
-    let target = format!("{}:{}", upstream.host, upstream.port);
-    if !upstream.tls {
-        tracing::warn!(
-            upstream = %target,
-            "upstream is reached in plain HTTP: requests and PHI are not encrypted on the way"
-        );
-    } else if !upstream.verify_tls {
-        // HIPAA 164.312(e)(1): without verification anyone on the path can pose as the
-        // backend and read every request.
-        tracing::error!(
-            upstream = %target,
-            "TLS CERTIFICATE VERIFICATION OF THE UPSTREAM IS DISABLED (upstream.verify_tls: false): anyone on the network path can impersonate the backend"
-        );
-    }
 }
 
 /// Compiles the per-request runtime from a configuration.

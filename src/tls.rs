@@ -36,7 +36,9 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::{ClientCertMode, IdentityFiles, ListenerTlsConfig};
+use crate::config::{
+    ClientCertMode, IdentityFiles, ListenerConfig, ListenerTlsConfig, UpstreamConfig,
+};
 
 /// Name of the certificate-reload counter.
 pub const RELOADS_METRIC: &str = "fhirwall_tls_certificate_reloads_total";
@@ -432,6 +434,75 @@ impl Identity {
 }
 
 // === listeners ===
+
+/// Why the proxy listeners could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// The TLS collectors could not be registered.
+    #[error("registering the TLS metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A listener's certificate, key or client CA did not load.
+    #[error("TLS on {addr}: {source}")]
+    Tls {
+        /// The listener address.
+        addr: String,
+        /// What failed.
+        source: TlsFileError,
+    },
+}
+
+/// Adds every configured listener to the proxy service: TLS ones with their certificate
+/// (and client verifier), plain ones (loopback, or `plaintext: true`) with a warning.
+/// Returns each TLS listener's certificate and `reload_interval`, for
+/// [`ServerCertificate::watch`].
+pub fn add_listeners<A>(
+    service: &mut pingora::services::listening::Service<A>,
+    listeners: &[ListenerConfig],
+    metrics: &crate::metrics::Metrics,
+) -> Result<Vec<(Arc<ServerCertificate>, Duration)>, ListenerError> {
+    let tls_metrics = TlsMetrics::register(metrics.registry())?;
+    let mut certificates = Vec::new();
+    for listener in listeners {
+        let addr = listener.addr.to_string();
+        let Some(tls) = &listener.tls else {
+            // The configuration refuses a plain listener off loopback unless the file says
+            // `plaintext: true`.
+            tracing::warn!(listener = %addr, "listener serves clients in plain HTTP (no TLS)");
+            service.add_tcp(&addr);
+            continue;
+        };
+        let in_listener = |source| ListenerError::Tls {
+            addr: addr.clone(),
+            source,
+        };
+        let cert = Arc::new(
+            ServerCertificate::load(&tls.identity, &addr, Some(tls_metrics.clone()))
+                .map_err(in_listener)?,
+        );
+        let settings = listener_settings(cert.clone(), tls).map_err(in_listener)?;
+        service.add_tls_with_settings(&addr, None, settings);
+        certificates.push((cert, tls.reload_interval));
+    }
+    Ok(certificates)
+}
+
+/// Start-up log lines for an upstream reached without (verified) TLS.
+pub fn warn_about_upstream_transport(upstream: &UpstreamConfig) {
+    let target = format!("{}:{}", upstream.host, upstream.port);
+    if !upstream.tls {
+        tracing::warn!(
+            upstream = %target,
+            "upstream is reached in plain HTTP: requests and PHI are not encrypted on the way"
+        );
+    } else if !upstream.verify_tls {
+        // HIPAA 164.312(e)(1): without verification anyone on the path can pose as the
+        // backend and read every request.
+        tracing::error!(
+            upstream = %target,
+            "TLS CERTIFICATE VERIFICATION OF THE UPSTREAM IS DISABLED (upstream.verify_tls: false): anyone on the network path can impersonate the backend"
+        );
+    }
+}
 
 /// pingora's TLS settings for a listener serving `cert`, with client certificate
 /// verification when the listener has a `client_ca`.
