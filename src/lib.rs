@@ -38,3 +38,4 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod schema;
 pub mod server;
+pub mod tls;

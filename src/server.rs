@@ -3,7 +3,8 @@
 //! signal stops it.
 //!
 //! pingora's signal handling applies: SIGTERM drains in-flight requests (graceful), SIGINT
-//! stops at once, SIGQUIT hands the listeners to a new process (`--upgrade`).
+//! stops at once, SIGQUIT hands the listeners to a new process (`--upgrade`). SIGHUP makes
+//! each TLS listener re-read its certificate files (`tls::ServerCertificate::watch`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -116,10 +117,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         gateway,
         "fhirwall proxy",
     );
-    for addr in &config.listen {
-        proxy.add_tcp(&addr.to_string());
-    }
+    // TLS listeners, and plain ones (loopback or `plaintext: true`) with a warning.
+    let certificates = crate::tls::add_listeners(&mut proxy, &config.listeners, &metrics)?;
+    crate::tls::warn_about_upstream_transport(&config.upstream);
     server.add_service(proxy);
+    for (cert, interval) in certificates {
+        server.add_service(background_service(
+            "tls certificate reload",
+            // Re-reads the certificate and key files; a change that loads is served from the
+            // next handshake on.
+            Task::new(cert.watch(interval)),
+        ));
+    }
     server.add_service(background_service(
         "audit writer",
         // Keeps writing through the shutdown grace period, so requests that finish while

@@ -431,8 +431,9 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no runtime in request context");
         };
         let client = session.client_addr().and_then(|a| a.as_inet());
+        let proto = crate::tls::forwarded_proto(session);
         rt.upstream
-            .prepare_request(upstream_request, client, "http", &ctx.request_id)?;
+            .prepare_request(upstream_request, client, proto, &ctx.request_id)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }

@@ -25,4 +25,5 @@ mod patient;
 mod public;
 mod scopes;
 mod shutdown;
+mod tls;
 mod upstream_failures;

@@ -116,6 +116,8 @@ fn defaults_fill_every_optional_key() {
             forward_authorization: false,
             verify_tls: true,
             sni: "127.0.0.1".into(),
+            ca: None,
+            client_identity: None,
         }
     );
     assert_eq!(
