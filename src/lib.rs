@@ -36,4 +36,6 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod server;
+pub mod shadow;

@@ -191,6 +191,7 @@ pub fn build_runtime(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<
         realm: config.realm.as_str().into(),
         audit_allow_query: config.audit.allow_query_params.clone(),
         limiter: Arc::new(limiter),
+        shadow: config.shadow_policy.clone(),
     })
 }
 
