@@ -369,12 +369,7 @@ impl Trigger {
 
 impl Fingerprint {
     fn of(files: &[PathBuf]) -> Self {
-        Fingerprint(
-            files
-                .iter()
-                .map(|p| (p.clone(), hash_file(p)))
-                .collect(),
-        )
+        Fingerprint(files.iter().map(|p| (p.clone(), hash_file(p))).collect())
     }
 }
 

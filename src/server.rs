@@ -251,10 +251,7 @@ impl HealthSource for Health {
                 (None, false) => "no signing keys yet".to_string(),
             },
         });
-        let mut checks = vec![
-            self.reloader.policy_check(),
-            self.audit.readiness_check(),
-        ];
+        let mut checks = vec![self.reloader.policy_check(), self.audit.readiness_check()];
         // Degraded but ready: without Redis each instance still limits on its own.
         checks.extend(self.runtime.load().limiter.readiness());
         checks.extend(issuers);
