@@ -7,16 +7,20 @@
 //! cost is one route lookup and one scope evaluation (no I/O, no lock).
 //!
 //! Only policy outcomes are compared. Refusals that say nothing about the policy (rate limits,
-//! an unavailable audit trail or identity provider, method-override headers) are skipped, as
-//! are requests whose shadow route needs a token the active path never verified (a token sent
-//! to a route that was public under the active policy). Every compared request counts in
-//! `fhirwall_shadow_evaluations_total`; a difference (allow vs deny, or two different deny
-//! reasons) counts in `fhirwall_shadow_decisions_total{active,shadow,rule}` and is logged
-//! with the method, the request id, both route ids and both reasons: never the path, its ids
-//! or the query (PHI), never a token.
+//! an unavailable audit trail or identity provider, method-override headers) are skipped.
+//! When the shadow route needs a token that the active path never verified (the active policy
+//! had no route for the request, or a public one), the shadow outcome is `unverified`: the
+//! token is not verified a second time for a decision that is never enforced.
+//!
+//! Every compared request counts in `fhirwall_shadow_evaluations_total`; a difference (allow
+//! vs deny, two different deny reasons, or `unverified`) counts in
+//! `fhirwall_shadow_decisions_total{active,shadow,rule}` and is logged with the method, the
+//! request id, both route ids and both outcomes: never the path, its ids or the query (PHI),
+//! never a token.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::{bearer, Principal};
@@ -56,9 +60,16 @@ pub struct RequestFacts<'a> {
     pub query: Option<&'a str>,
 }
 
+/// The shadow route needs a verified token and the active path did not verify one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unverified {
+    /// The shadow route the request matched.
+    pub route_id: Arc<str>,
+}
+
 /// The shadow policy's decision about a request, as the proxy would make it from the policy
-/// alone (route, then credentials, then scopes and patient context). `None` when it cannot be
-/// decided without verifying a token the active path did not verify.
+/// alone (route, then credentials, then scopes and patient context). [`Unverified`] when it
+/// cannot be decided without verifying a token the active path did not verify.
 ///
 /// One function on purpose: when the policy evaluation becomes a single side-effect-free
 /// `(policy, facts, principal) -> Decision`, only this body changes.
@@ -66,14 +77,14 @@ pub fn evaluate(
     shadow: &Policy,
     req: &RequestFacts<'_>,
     credentials: &Credentials<'_>,
-) -> Option<Decision> {
+) -> Result<Decision, Unverified> {
     let m = match shadow.route(req.method, req.path) {
         Ok(m) => m,
-        Err(denial) => return Some(Decision::Deny(denial)),
+        Err(denial) => return Ok(Decision::Deny(denial)),
     };
     let on_route =
         |d: Denial| Decision::Deny(d.on_route(m.route_id().clone(), m.required().clone()));
-    Some(match credentials {
+    Ok(match credentials {
         // The proxy parses the credentials before it looks at `public`.
         Credentials::Malformed(detail) => on_route(Denial::new(
             DenyReason::InvalidRequest,
@@ -86,7 +97,11 @@ pub fn evaluate(
         Credentials::Refused(active) => {
             on_route(Denial::new(active.reason.clone(), active.detail.clone()))
         }
-        Credentials::Unverified => return None,
+        Credentials::Unverified => {
+            return Err(Unverified {
+                route_id: m.route_id().clone(),
+            })
+        }
     })
 }
 
@@ -125,9 +140,7 @@ pub fn observe(
         path,
         query,
     };
-    let Some(candidate) = evaluate(shadow, &facts, &credentials) else {
-        return;
-    };
+    let candidate = evaluate(shadow, &facts, &credentials);
     metrics.shadow_evaluations.inc();
     let Some(diff) = Difference::between(active, &candidate) else {
         return;
@@ -165,9 +178,9 @@ fn comparable(active: &Decision) -> bool {
     }
 }
 
-/// A disagreement, as metric labels: outcomes are `allow` or a deny reason code, `rule` the
-/// shadow decision's route id (`_none` when no shadow route matched). All are bounded by the
-/// two policies.
+/// A disagreement, as metric labels: outcomes are `allow`, a deny reason code, or (shadow
+/// only) `unverified`; `rule` is the shadow decision's route id (`_none` when no shadow route
+/// matched). All are bounded by the two policies.
 #[derive(Debug, PartialEq, Eq)]
 struct Difference<'a> {
     active: &'static str,
@@ -179,12 +192,16 @@ struct Difference<'a> {
 
 impl<'a> Difference<'a> {
     /// `None` when both decide alike: both allow, or both deny for the same reason.
-    fn between(active: &Decision, shadow: &'a Decision) -> Option<Self> {
-        let (a, s) = (outcome(active), outcome(shadow));
-        (a != s).then(|| Difference {
+    fn between(active: &Decision, shadow: &'a Result<Decision, Unverified>) -> Option<Self> {
+        let a = outcome(active);
+        let (s, rule) = match shadow {
+            Ok(d) => (outcome(d), d.route_id().unwrap_or("_none")),
+            Err(u) => ("unverified", &*u.route_id),
+        };
+        (a != s).then_some(Difference {
             active: a,
             shadow: s,
-            rule: shadow.route_id().unwrap_or("_none"),
+            rule,
         })
     }
 }
@@ -248,7 +265,6 @@ fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::sync::Arc;
 
     use super::*;
     use crate::auth::Principal;
@@ -386,13 +402,13 @@ routes:
     #[test]
     fn a_token_the_active_path_did_not_verify_is_not_guessed_at() {
         // Public under the active policy: the token was never verified, and the candidate
-        // needs it. No second verification, so no comparison.
+        // needs it. No second verification: the shadow outcome is `unverified`.
         let shadow = policy(CANDIDATE);
-        let req = request("/metadata", Some("Bearer t"));
-        let metrics = Metrics::new();
-        let a = active(&policy(ACTIVE), &req, None);
-        observe(&shadow, &req, None, &a, "req-1", &metrics);
-        assert_eq!(metrics.shadow_evaluations.get(), 0);
+        let got = diff(&shadow, &request("/metadata", Some("Bearer t")), None);
+        assert_eq!(
+            got,
+            Some(("allow".into(), "unverified".into(), "metadata-v2".into()))
+        );
     }
 
     #[test]

@@ -1,1 +1,1 @@
-
+// Zero-downtime upgrade.
