@@ -495,3 +495,126 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "version: 1\nroutes:\n  - id: metadata\n    methods: [GET]\n    path: /metadata\n    public: true\n";
+
+    const CONFIG: &str = "\
+listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+policy: policy.yaml
+upstream:
+  url: http://127.0.0.1:8081
+issuers:
+  - issuer: https://idp.example.org
+    audiences: [fhir]
+";
+
+    /// Loads `CONFIG` plus `extra` from a folder holding `POLICY` (plus `policy_extra`).
+    fn load(dir: &Path, extra: &str, policy_extra: &str) -> Config {
+        std::fs::write(dir.join("policy.yaml"), format!("{POLICY}{policy_extra}"))
+            .expect("write policy");
+        Config::from_str_at(&format!("{CONFIG}{extra}"), &dir.join("fhirwall.yaml"))
+            .unwrap_or_else(|d| panic!("{d}"))
+    }
+
+    #[test]
+    fn reloadable_changes_need_no_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = load(dir.path(), "", "");
+        let new = load(
+            dir.path(),
+            "realm: other\nforwarding: { trust_forwarded_for: true }\naudit: { allow_query_params: [_id] }\nreload: { interval: 5s }\n",
+            "quotas:\n  - { id: q, key: client, rate: 5/1m }\n",
+        );
+        assert_eq!(restart_only_changes(&running, &new), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn each_restart_only_change_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = load(dir.path(), "", "");
+        let new = load(
+            dir.path(),
+            "threads: 3\ntoken_cache: { max_entries: 9 }\naudit: { durability: strict }\nlog: { level: debug }\nshutdown_grace: 30s\n",
+            "",
+        );
+        assert_eq!(
+            restart_only_changes(&running, &new),
+            vec!["threads", "token_cache", "audit", "log", "shutdown_grace"]
+        );
+        let moved = Config::from_str_at(
+            &CONFIG.replace("127.0.0.1:8080", "127.0.0.1:8088"),
+            &dir.path().join("fhirwall.yaml"),
+        )
+        .unwrap_or_else(|d| panic!("{d}"));
+        assert_eq!(restart_only_changes(&running, &moved), vec!["listen"]);
+    }
+
+    #[test]
+    fn the_limiter_is_kept_only_while_its_inputs_are_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let quota = "quotas:\n  - { id: q, key: client, rate: 5/1m }\n";
+        let running = load(dir.path(), "", quota);
+        let same_quota_new_route = load(
+            dir.path(),
+            "realm: other\n",
+            &format!(
+                "  - id: extra\n    methods: [GET]\n    path: /extra\n    public: true\n{quota}"
+            ),
+        );
+        assert!(limiter_inputs_unchanged(&running, &same_quota_new_route));
+        let other_rate = load(
+            dir.path(),
+            "",
+            "quotas:\n  - { id: q, key: client, rate: 6/1m }\n",
+        );
+        assert!(!limiter_inputs_unchanged(&running, &other_rate));
+        let trusting = load(
+            dir.path(),
+            "forwarding: { trust_forwarded_for: true }\n",
+            quota,
+        );
+        assert!(!limiter_inputs_unchanged(&running, &trusting));
+    }
+
+    #[test]
+    fn an_info_gauge_moves_to_the_new_version_and_forgets_the_old() {
+        let metrics = Metrics::new();
+        metrics.policy_info.with_label_values(&["aaa"]).set(1);
+        swap_info(&metrics.policy_info, Some("aaa"), Some("bbb"));
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        assert!(
+            text.contains("fhirwall_policy_info{version=\"bbb\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("version=\"aaa\""), "{text}");
+        swap_info(&metrics.policy_info, Some("bbb"), None);
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        assert!(!text.contains("fhirwall_policy_info{"), "{text}");
+    }
+
+    #[test]
+    fn a_file_fingerprint_follows_content_through_a_symlink_swap() {
+        // Kubernetes ConfigMap volumes: the file is a symlink whose target is swapped.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b, link) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("link"),
+        );
+        std::fs::write(&a, "one").expect("write");
+        std::fs::write(&b, "two").expect("write");
+        std::os::unix::fs::symlink(&a, &link).expect("symlink");
+        let before = Fingerprint::of(&[link.clone()]);
+        let tmp = dir.path().join("link.tmp");
+        std::os::unix::fs::symlink(&b, &tmp).expect("symlink");
+        std::fs::rename(&tmp, &link).expect("swap");
+        let after = Fingerprint::of(&[link.clone()]);
+        assert_ne!(before, after);
+        assert_eq!(after, Fingerprint::of(&[link]));
+    }
+}
