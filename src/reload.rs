@@ -609,11 +609,11 @@ issuers:
         std::fs::write(&a, "one").expect("write");
         std::fs::write(&b, "two").expect("write");
         std::os::unix::fs::symlink(&a, &link).expect("symlink");
-        let before = Fingerprint::of(&[link.clone()]);
+        let before = Fingerprint::of(std::slice::from_ref(&link));
         let tmp = dir.path().join("link.tmp");
         std::os::unix::fs::symlink(&b, &tmp).expect("symlink");
         std::fs::rename(&tmp, &link).expect("swap");
-        let after = Fingerprint::of(&[link.clone()]);
+        let after = Fingerprint::of(std::slice::from_ref(&link));
         assert_ne!(before, after);
         assert_eq!(after, Fingerprint::of(&[link]));
     }
