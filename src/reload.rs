@@ -322,10 +322,15 @@ impl Reloader {
     }
 
     /// (Re)starts the background work of the limiter in force, stopping the previous one's.
-    /// Needs a tokio runtime.
     fn restart_limiter_task(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // Only reachable through a reload outside the runtime (a test harness); the
+            // limiter still limits, it just is not pruned.
+            tracing::error!("no tokio runtime: the rate limiter's background work is not running");
+            return;
+        };
         let limiter = self.runtime.load().limiter.clone();
-        let task = tokio::spawn(async move { limiter.run().await });
+        let task = handle.spawn(async move { limiter.run().await });
         if let Some(old) = self.limiter_task.lock().replace(task) {
             old.abort();
         }
