@@ -390,3 +390,68 @@ async fn rate_limit_state_survives_a_reload_that_keeps_the_quotas() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_under_the_version_it_started_with() {
+    let stack = Stack::start_with(|b| b.config_override("{ reload: { watch: false } }")).await;
+    let old_version = stack
+        .gateway
+        .metrics()
+        .await
+        .lines()
+        .find(|l| l.starts_with("fhirwall_policy_info{"))
+        .and_then(|l| l.split('"').nth(1).map(str::to_owned))
+        .expect("policy version");
+    stack
+        .backend
+        .set_reply(Reply::Delay(Duration::from_millis(1500)));
+    let token = stack.token("patient/Patient.r", true);
+    let in_flight = tokio::spawn(
+        stack
+            .client
+            .get(stack.url("/fhir/Patient/123"))
+            .bearer_auth(token.clone())
+            .header("x-request-id", "in-flight-across-reload")
+            .timeout(Duration::from_secs(10))
+            .send(),
+    );
+    stack.backend.wait_for_requests(1).await;
+
+    // The new version no longer lets patient/ tokens read Patient.
+    let stricter = POLICY.replace(
+        "scopes: { any_of: [patient/Patient.r, user/Patient.r] }",
+        "scopes: { any_of: [user/Patient.r] }",
+    );
+    assert_ne!(stricter, POLICY);
+    std::fs::write(policy_path(&stack), stricter).expect("write policy");
+    stack.gateway.signal("HUP");
+    wait_for_metric(
+        &stack.gateway,
+        "fhirwall_reloads_total",
+        &[("result", "success")],
+        1.0,
+    )
+    .await;
+
+    let response = in_flight.await.expect("task").expect("answered");
+    assert_eq!(
+        response.status(),
+        200,
+        "decided and forwarded under the old version"
+    );
+    stack.backend.set_reply(Reply::Echo);
+    let after = stack.get("/fhir/Patient/123", Some(&token)).await;
+    assert_eq!(after.status(), 403, "the new version decides new requests");
+
+    let lines = stack.gateway.wait_for_audit_lines(2).await;
+    let record = lines
+        .iter()
+        .find(|l| l["request_id"] == "in-flight-across-reload")
+        .expect("the in-flight request is audited");
+    assert_eq!(record["policy_version"], old_version.as_str());
+    let newer = lines
+        .iter()
+        .find(|l| l["decision"] == "deny")
+        .expect("the refusal");
+    assert_ne!(newer["policy_version"], old_version.as_str());
+}
