@@ -455,3 +455,63 @@ async fn a_request_in_flight_finishes_under_the_version_it_started_with() {
         .expect("the refusal");
     assert_ne!(newer["policy_version"], old_version.as_str());
 }
+
+#[tokio::test]
+async fn reload_events_are_structured_in_json_logs() {
+    let stack = Stack::start_with(|b| {
+        b.config_override("{ reload: { watch: false }, log: { format: json } }")
+    })
+    .await;
+    std::fs::write(policy_path(&stack), "version: 1\nroutes: []\nbogus: 1\n").expect("write");
+    stack.gateway.signal("HUP");
+    wait_for_metric(
+        &stack.gateway,
+        "fhirwall_reloads_total",
+        &[("result", "failure")],
+        1.0,
+    )
+    .await;
+    std::fs::write(policy_path(&stack), with_encounters()).expect("write");
+    stack.gateway.signal("HUP");
+    wait_for_metric(
+        &stack.gateway,
+        "fhirwall_reloads_total",
+        &[("result", "success")],
+        1.0,
+    )
+    .await;
+
+    let events: Vec<serde_json::Value> = stack
+        .gateway
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let refused = events
+        .iter()
+        .find(|e| {
+            e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("reload refused"))
+        })
+        .unwrap_or_else(|| panic!("a refusal event: {events:#?}"));
+    assert_eq!(refused["level"], "ERROR");
+    assert_eq!(refused["fields"]["reload.trigger"], "signal");
+    assert_eq!(refused["fields"]["line"], 3);
+    assert_eq!(refused["fields"]["col"], 1);
+    assert!(refused["fields"]["file"]
+        .as_str()
+        .is_some_and(|f| f.ends_with("policy.yaml")));
+    let applied = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "configuration reloaded")
+        .unwrap_or_else(|| panic!("a reload event: {events:#?}"));
+    assert_eq!(applied["level"], "INFO");
+    assert_eq!(applied["fields"]["reload.trigger"], "signal");
+    assert_eq!(applied["fields"]["ratelimit.state"], "kept");
+    assert!(applied["fields"]["policy.version"].is_string());
+    assert_ne!(
+        applied["fields"]["policy.version"],
+        applied["fields"]["policy.previous"]
+    );
+}
