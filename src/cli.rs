@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `dev`, `audit verify|query|export`.
+//! The command line: `serve`, `check`, `dev`, `audit verify|query|export`, `schema`.
 //!
 //! Exit codes: 0 success; 1 `check` found errors; 2 runtime failure; 64 (EX_USAGE) the
 //! configuration given to `serve` is invalid.
@@ -62,6 +62,22 @@ pub enum Command {
     /// Work with audit files.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print the JSON Schema (draft 2020-12) of the configuration or the policy file, for
+    /// editors and CI validators; the same files ship in `schemas/`.
+    Schema {
+        /// Which file format.
+        #[arg(value_enum)]
+        which: SchemaKind,
+    },
+}
+
+/// The file formats `fhirwall schema` describes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SchemaKind {
+    /// The gateway configuration file.
+    Config,
+    /// The policy file.
+    Policy,
 }
 
 /// `fhirwall audit ...`.
@@ -140,6 +156,16 @@ pub fn run() -> ExitCode {
             }
         },
         Command::Check { config } => check(&config),
+        Command::Schema { which } => {
+            print!(
+                "{}",
+                crate::schema::render(match which {
+                    SchemaKind::Config => crate::schema::Which::Config,
+                    SchemaKind::Policy => crate::schema::Which::Policy,
+                })
+            );
+            ExitCode::SUCCESS
+        }
         Command::Audit(AuditCommand::Verify {
             files,
             checkpoints,

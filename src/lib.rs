@@ -37,5 +37,6 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod schema;
 pub mod server;
 pub mod shadow;
