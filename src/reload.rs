@@ -167,6 +167,7 @@ impl Reloader {
     /// Reads the files and, when valid and free of restart-only changes, swaps the runtime.
     /// Logs and counts the attempt either way.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
+        let started = std::time::Instant::now();
         let source = self.current.lock().source.clone();
         let outcome = match Config::load_with_warnings(&source) {
             Err(diags) => {
@@ -196,7 +197,7 @@ impl Reloader {
                         w.message
                     );
                 }
-                self.apply(config, trigger)
+                self.apply(config, trigger, started)
             }
         };
         self.record(trigger, &outcome);
@@ -236,7 +237,7 @@ impl Reloader {
         Check::pass("policy", detail)
     }
 
-    fn apply(&self, config: Config, trigger: Trigger) -> Outcome {
+    fn apply(&self, config: Config, trigger: Trigger, started: std::time::Instant) -> Outcome {
         let mut current = self.current.lock();
         let keys = restart_only_changes(&current, &config);
         if !keys.is_empty() {
@@ -287,6 +288,7 @@ impl Reloader {
             policy.previous = old.policy.version(),
             shadow.version = config.shadow_policy.as_ref().map_or("-", |s| s.version()),
             ratelimit.state = if limits_kept { "kept" } else { "reset" },
+            reload.duration_ms = started.elapsed().as_millis() as u64,
             "configuration reloaded"
         );
         let version = config.policy.version().to_owned();
