@@ -515,3 +515,49 @@ async fn reload_events_are_structured_in_json_logs() {
         applied["fields"]["policy.previous"]
     );
 }
+
+#[tokio::test]
+async fn a_configmap_style_symlink_swap_is_picked_up_by_the_watch() {
+    // Kubernetes mounts a ConfigMap as `<dir>/policy.yaml -> ..data/policy.yaml` with
+    // `..data -> ..<timestamp>`, and updates it by swapping `..data` atomically.
+    let stack = Stack::start_with(|b| b.config_override("{ reload: { interval: 100ms } }")).await;
+    let mount = stack.gateway.dir().join("mount");
+    std::fs::create_dir_all(mount.join("..v1")).expect("mkdir");
+    std::fs::write(mount.join("..v1/policy.yaml"), POLICY).expect("write v1");
+    std::os::unix::fs::symlink("..v1", mount.join("..data")).expect("..data");
+    std::os::unix::fs::symlink("..data/policy.yaml", mount.join("policy.yaml")).expect("link");
+
+    // Point the configuration at the mounted file (same content: same version).
+    let config = stack
+        .gateway
+        .config()
+        .replace("policy: policy.yaml", "policy: mount/policy.yaml");
+    assert_ne!(config, stack.gateway.config());
+    replace_file(&stack.gateway.config_path(), &config);
+    wait_for_metric(
+        &stack.gateway,
+        "fhirwall_reloads_total",
+        &[("result", "success")],
+        1.0,
+    )
+    .await;
+
+    // The update: a new timestamped folder, then `..data` renamed over.
+    std::fs::create_dir_all(mount.join("..v2")).expect("mkdir");
+    std::fs::write(mount.join("..v2/policy.yaml"), with_encounters()).expect("write v2");
+    std::os::unix::fs::symlink("..v2", mount.join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("swap");
+    wait_for_metric(
+        &stack.gateway,
+        "fhirwall_reloads_total",
+        &[("result", "success")],
+        2.0,
+    )
+    .await;
+
+    let token = stack.token("user/Encounter.r", false);
+    assert_eq!(
+        stack.get("/fhir/Encounter/1", Some(&token)).await.status(),
+        200
+    );
+}
