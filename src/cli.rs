@@ -28,6 +28,10 @@ pub enum Command {
         /// Configuration file (YAML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Zero-downtime upgrade: take the listening sockets over from the running fhirwall
+        /// through `upgrade_sock` (send that process SIGQUIT within 5 s of starting this one).
+        #[arg(long, short)]
+        upgrade: bool,
     },
     /// Validate a configuration and the policy it names; print every problem as
     /// `file:line:col: message` and exit non-zero if there is an error.
@@ -132,11 +136,11 @@ pub enum AuditCommand {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => match Config::load_with_warnings(&config) {
+        Command::Serve { config, upgrade } => match Config::load_with_warnings(&config) {
             Ok((config, warnings)) => {
                 init_logging(&config.log.level, config.log.json);
                 log_warnings(&warnings);
-                match crate::server::run(config) {
+                match crate::server::run_with(config, crate::server::RunOptions { upgrade }) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         tracing::error!(error = format!("{e:#}"), "fhirwall failed to start");

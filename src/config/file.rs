@@ -19,7 +19,7 @@ use super::{
     AuditCheckpointConfig, AuditConfig, AuditDurability, AuditTarget, ClientAuth, ClientCertConfig,
     ClientCertMode, Config, Diagnostic, Diagnostics, ForwardingConfig, IdentityFiles,
     IntrospectionConfig, IssuerConfig, ListenerConfig, ListenerTlsConfig, LogConfig,
-    RateLimitConfig, RevocationConfig, SecretSource, TokenCacheConfig, UpstreamConfig,
+    RateLimitConfig, ReloadConfig, RevocationConfig, SecretSource, TokenCacheConfig, UpstreamConfig,
 };
 use crate::policy::Policy;
 
@@ -37,7 +37,12 @@ const TOP_KEYS: &[&str] = &[
     "forwarding",
     "log",
     "rate_limit",
+    "shadow_policy",
+    "reload",
+    "shutdown_grace",
+    "upgrade_sock",
 ];
+const RELOAD_KEYS: &[&str] = &["watch", "interval"];
 const UPSTREAM_KEYS: &[&str] = &[
     "url",
     "connect_timeout",
@@ -183,6 +188,11 @@ pub(super) fn load_str_with_warnings(
     let policy = parts.as_ref().and_then(|p| p.policy.as_ref());
     let loaded = policy
         .and_then(|(policy_path, mark, key)| load_policy(policy_path, *mark, key, path, &mut all));
+    // The shadow policy is compiled by the same loader: a candidate that would not load as
+    // the active policy is refused here too.
+    let shadow = parts.as_ref().and_then(|p| p.shadow_policy.as_ref());
+    let shadow_loaded =
+        shadow.map(|(shadow_path, mark, key)| load_policy(shadow_path, *mark, key, path, &mut all));
     if all.has_errors() {
         return Err(all);
     }
@@ -190,13 +200,20 @@ pub(super) fn load_str_with_warnings(
         // Unreachable: every `None` above came with an error.
         return Err(all);
     };
+    let shadow = match shadow_loaded {
+        None => None,
+        Some(Some(p)) => Some(p),
+        // Unreachable: a shadow policy that did not load came with an error.
+        Some(None) => return Err(all),
+    };
     let warnings = Diagnostics(
         all.0
             .into_iter()
             .chain(policy.warnings().0.iter().cloned())
+            .chain(shadow.iter().flat_map(|s| s.warnings().0.iter().cloned()))
             .collect(),
     );
-    Ok((parts.into_config(path, policy), warnings))
+    Ok((parts.into_config(path, policy, shadow), warnings))
 }
 
 fn log_warnings(warnings: &Diagnostics) {
@@ -254,10 +271,20 @@ struct Parts {
     forwarding: ForwardingConfig,
     log: LogConfig,
     rate_limit: RateLimitConfig,
+    /// Resolved path of the shadow policy, where it is written, and its key.
+    shadow_policy: Option<(PathBuf, Mark, String)>,
+    reload: ReloadConfig,
+    shutdown_grace: Duration,
+    upgrade_sock: Option<PathBuf>,
 }
 
 impl Parts {
-    fn into_config(self, source: &Path, policy: Arc<Policy>) -> Config {
+    fn into_config(
+        self,
+        source: &Path,
+        policy: Arc<Policy>,
+        shadow_policy: Option<Arc<Policy>>,
+    ) -> Config {
         let Parts {
             listeners,
             admin_listen,
@@ -272,6 +299,10 @@ impl Parts {
             forwarding,
             log,
             rate_limit,
+            shadow_policy: shadow_policy_path,
+            reload,
+            shutdown_grace,
+            upgrade_sock,
         } = self;
         Config {
             source: source.to_path_buf(),
@@ -290,6 +321,11 @@ impl Parts {
             rate_limit,
             policy_path: policy_path.map(|(p, _, _)| p).unwrap_or_default(),
             policy,
+            shadow_policy_path: shadow_policy_path.map(|(p, _, _)| p),
+            shadow_policy,
+            reload,
+            shutdown_grace,
+            upgrade_sock,
         }
     }
 }
@@ -527,6 +563,64 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
 
     let rate_limit = crate::ratelimit::spec::read_config(r, top.get("rate_limit"));
 
+    let shadow_policy = match top.get("shadow_policy") {
+        None => Some(None),
+        Some(n) => r.string(n, "shadow_policy").and_then(|s| {
+            if s.is_empty() {
+                r.error(
+                    n.mark,
+                    "shadow_policy",
+                    "the shadow policy path is empty (omit the key to evaluate no shadow policy)",
+                );
+                return None;
+            }
+            Some(Some((base_dir.join(s), n.mark, "shadow_policy".to_owned())))
+        }),
+    };
+
+    let reload = section(r, &top, "reload", RELOAD_KEYS, |r, m| {
+        let watch = opt(r, m, "reload", "watch", true, |r, n, k| r.bool(n, k));
+        let interval = opt(
+            r,
+            m,
+            "reload",
+            "interval",
+            Duration::from_secs(2),
+            |r, n, k| positive(r, n, k, r_duration),
+        );
+        Some(ReloadConfig {
+            watch: watch?,
+            interval: interval?,
+        })
+    });
+
+    let shutdown_grace = match top.get("shutdown_grace") {
+        None => Some(Duration::from_secs(10)),
+        Some(n) => r.duration(n, "shutdown_grace").and_then(|d| {
+            // pingora counts the grace period in whole seconds.
+            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                r.error(
+                    n.mark,
+                    "shutdown_grace",
+                    "`shutdown_grace` must be between 1s and 1h",
+                );
+                return None;
+            }
+            Some(d)
+        }),
+    };
+
+    let upgrade_sock = match top.get("upgrade_sock") {
+        None => Some(None),
+        Some(n) => r.string(n, "upgrade_sock").and_then(|s| {
+            if s.is_empty() {
+                r.error(n.mark, "upgrade_sock", "the upgrade socket path is empty");
+                return None;
+            }
+            Some(Some(base_dir.join(s)))
+        }),
+    };
+
     Some(Parts {
         listeners: listen?,
         admin_listen: admin_listen?,
@@ -541,6 +635,10 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
         forwarding: forwarding?,
         log: log?,
         rate_limit: rate_limit?,
+        shadow_policy: shadow_policy?,
+        reload: reload?,
+        shutdown_grace: shutdown_grace?,
+        upgrade_sock: upgrade_sock?,
     })
 }
 

@@ -53,6 +53,38 @@ pub struct Config {
     pub policy_path: PathBuf,
     /// The compiled policy.
     pub policy: Arc<Policy>,
+    /// Path of the shadow policy (resolved), when one is configured.
+    pub shadow_policy_path: Option<PathBuf>,
+    /// A candidate policy evaluated beside the active one on live traffic; its decisions
+    /// are only compared and counted, never enforced.
+    pub shadow_policy: Option<Arc<Policy>>,
+    /// Hot reload of this file and the policies it names.
+    pub reload: ReloadConfig,
+    /// How long in-flight requests may take to finish after SIGTERM (whole seconds).
+    pub shutdown_grace: Duration,
+    /// Unix socket through which listeners are handed to a new process on upgrade
+    /// (`serve --upgrade`, then SIGQUIT to the old one); `None`: a per-process path, so no
+    /// upgrade is possible.
+    pub upgrade_sock: Option<PathBuf>,
+}
+
+/// Hot reload: besides SIGHUP, the configuration file and the policy files are polled
+/// for content changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// Poll the files and reload when their content changes (default true).
+    pub watch: bool,
+    /// How often the files are polled (default 2 s).
+    pub interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// The FHIR (or legacy) backend requests are forwarded to.

@@ -49,6 +49,8 @@ pub struct Runtime {
     pub audit_allow_query: Vec<String>,
     /// The policy's quotas and distinct-patients guard, with their state.
     pub limiter: Arc<Limiter>,
+    /// A candidate policy decided beside the active one and only compared ([`crate::shadow`]).
+    pub shadow: Option<Arc<Policy>>,
 }
 
 /// The gateway: fhirwall's [`ProxyHttp`] implementation.
@@ -362,6 +364,10 @@ impl ProxyHttp for Gateway {
         };
         ctx.runtime = Some(rt.clone());
         let decision = self.decide(session, &rt, ctx).await;
+        if let Some(shadow) = rt.shadow.as_deref() {
+            let (req, who) = (session.req_header(), ctx.principal.as_deref());
+            crate::shadow::observe(shadow, req, who, &decision, &ctx.request_id, &self.metrics);
+        }
         let denied = match &decision {
             Decision::Deny(d) => {
                 log_denial(d, &ctx.request_id);
