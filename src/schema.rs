@@ -215,10 +215,10 @@ static CONFIG: Obj = Obj {
         may("forwarding", Ty::Obj(&FORWARDING), "Header handling toward the upstream."),
         may("log", Ty::Obj(&LOG), "Operational log."),
         may("rate_limit", Ty::Obj(&RATE_LIMIT), "Where rate-limit state lives (the quotas themselves are in the policy)."),
-        pending(may("shadow_policy", Ty::NonEmpty, "A candidate policy evaluated beside the active one on every request, without effect: its differing decisions are counted (`fhirwall_shadow_decisions_total`) and logged.")),
-        pending(may("reload", Ty::Obj(&RELOAD), "Hot reload of the configuration and the policy files.")),
-        pending(opt("shutdown_grace", Ty::Duration, "10s", "How long SIGTERM lets in-flight requests finish (1s to 1h).")),
-        pending(may("upgrade_sock", Ty::NonEmpty, "Unix socket for a zero-downtime binary upgrade (the listening sockets are handed to the new process).")),
+        may("shadow_policy", Ty::NonEmpty, "A candidate policy evaluated beside the active one on every request, without effect: its differing decisions are counted (`fhirwall_shadow_decisions_total`) and logged."),
+        may("reload", Ty::Obj(&RELOAD), "Hot reload of the configuration and the policy files."),
+        opt("shutdown_grace", Ty::Duration, "10s", "How long SIGTERM lets in-flight requests finish (1s to 1h)."),
+        may("upgrade_sock", Ty::NonEmpty, "Unix socket for a zero-downtime binary upgrade (the listening sockets are handed to the new process)."),
     ],
 };
 
@@ -235,9 +235,9 @@ static UPSTREAM: Obj = Obj {
         opt("forward_authorization", Ty::Bool, "false", "Forward the client's `Authorization` header upstream."),
         opt("verify_tls", Ty::Bool, "true", "Verify the upstream certificate (https). `false` is a warning; never in production."),
         may("sni", Ty::NonEmpty, "Server name to send and to expect in the certificate (default: the URL's host)."),
-        pending(may("ca", Ty::NonEmpty, "PEM file of the CA certificates that issue the upstream's certificate (https only; default: the system's trust store).")),
-        pending(may("client_certificate", Ty::NonEmpty, "PEM certificate chain fhirwall presents to the upstream (mTLS; with `client_key`).")),
-        pending(may("client_key", Ty::NonEmpty, "PEM private key of `client_certificate`.")),
+        may("ca", Ty::NonEmpty, "PEM file of the CA certificates that issue the upstream's certificate (https only; default: the system's trust store)."),
+        may("client_certificate", Ty::NonEmpty, "PEM certificate chain fhirwall presents to the upstream (mTLS; with `client_key`)."),
+        may("client_key", Ty::NonEmpty, "PEM private key of `client_certificate`."),
     ],
 };
 
