@@ -773,7 +773,7 @@ impl Gateway {
         mut up: Upstreamed,
         remember: Option<Arc<Remembered>>,
     ) -> pingora::Result<()> {
-        let mut header = up.header.clone();
+        let mut header = exchange::relayed(up.header.clone());
         self.finish_response_header(session, &mut header, ctx)
             .await?;
         let head = session.req_header().method == http::Method::HEAD;
