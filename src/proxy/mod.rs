@@ -250,7 +250,9 @@ impl Gateway {
                 )))
             }
         };
-        if route.is_none() {
+        if route.is_none() && matches!(req.method, http::Method::GET | http::Method::HEAD) {
+            // Only a read of the link is a page request: a write to the same URL is decided
+            // as what it is (a POST of a Bundle there is not the search it was linked from).
             ctx.page_of = self.pages.lookup(path, query);
         }
         let facts = |page_of| RequestFacts {
