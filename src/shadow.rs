@@ -26,6 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::auth::{bearer, Principal};
 use crate::metrics::{method_label, Metrics};
 use crate::policy::{Decision, Denial, DenyReason, Policy};
+use crate::proxy::{self, Evaluated};
 
 /// Most difference lines logged per second; past it they are only counted (the metric stays
 /// exact), and the next logged line says how many were left out.
@@ -49,16 +50,7 @@ pub enum Credentials<'a> {
     Unverified,
 }
 
-/// The parts of a request a policy decision reads.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
-    /// The request method.
-    pub method: &'a http::Method,
-    /// The raw request path (no query).
-    pub path: &'a str,
-    /// The raw query string, without `?`.
-    pub query: Option<&'a str>,
-}
+pub use crate::proxy::RequestFacts;
 
 /// The shadow route needs a verified token and the active path did not verify one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,30 +70,57 @@ pub fn evaluate(
     req: &RequestFacts<'_>,
     credentials: &Credentials<'_>,
 ) -> Result<Decision, Unverified> {
-    let m = match shadow.route(req.method, req.path) {
-        Ok(m) => m,
-        Err(denial) => return Ok(Decision::Deny(denial)),
+    let principal = match credentials {
+        Credentials::Verified(p) => Some(*p),
+        _ => None,
     };
-    let on_route =
-        |d: Denial| Decision::Deny(d.on_route(m.route_id().clone(), m.required().clone()));
+    // The same pure evaluation the live policy goes through (explicit routes, then the FHIR
+    // engine under the `fhir:` base), with the body the active path read, if any.
+    let decided = |evaluated: Evaluated, route: Option<&Arc<str>>| match evaluated {
+        Evaluated::Decision(d) => Ok(d),
+        Evaluated::Verdict(v) => Ok(v.decision),
+        // The active path did not read the body this shadow decision needs.
+        Evaluated::NeedsBody { .. } => Err(Unverified {
+            route_id: route.cloned().unwrap_or_else(|| Arc::from("_fhir")),
+        }),
+    };
+    if principal.is_some() {
+        return decided(proxy::evaluate(shadow, req, principal), None);
+    }
+    // Without a verified principal: decide as anonymous first; a public answer stands (public
+    // routes ignore credentials), and a "token required" refusal tells what the credentials
+    // the active path established would have led to.
+    let anonymous = decided(proxy::evaluate(shadow, req, None), None)?;
+    let needs_token = matches!(
+        &anonymous,
+        Decision::Deny(d) if d.reason == DenyReason::MissingToken
+    );
+    let on_route = |d: Denial| match &anonymous {
+        Decision::Deny(a) => match (&a.route_id, &a.required) {
+            (Some(id), Some(req)) => Decision::Deny(d.on_route(id.clone(), req.clone())),
+            _ => Decision::Deny(d),
+        },
+        Decision::Allow(p) => {
+            Decision::Deny(d.on_route(p.route_id_arc().clone(), p.required().into()))
+        }
+    };
     Ok(match credentials {
         // The proxy parses the credentials before it looks at `public`.
-        Credentials::Malformed(detail) => on_route(Denial::new(
-            DenyReason::InvalidRequest,
-            Cow::Owned((*detail).to_owned()),
-        )),
-        Credentials::Anonymous => shadow.authorize(&m, req.path, req.query, None),
-        // Public routes ignore credentials, verified or not.
-        _ if m.is_public() => shadow.authorize(&m, req.path, req.query, None),
-        Credentials::Verified(p) => shadow.authorize(&m, req.path, req.query, Some(p)),
-        Credentials::Refused(active) => {
+        Credentials::Malformed(detail) if needs_token || anonymous.permit().is_some() => on_route(
+            Denial::new(DenyReason::InvalidRequest, Cow::Owned((*detail).to_owned())),
+        ),
+        Credentials::Refused(active) if needs_token => {
             on_route(Denial::new(active.reason.clone(), active.detail.clone()))
         }
-        Credentials::Unverified => {
+        Credentials::Unverified if needs_token => {
             return Err(Unverified {
-                route_id: m.route_id().clone(),
+                route_id: anonymous
+                    .route_id()
+                    .map(Arc::from)
+                    .unwrap_or_else(|| Arc::from("_none")),
             })
         }
+        _ => anonymous,
     })
 }
 
@@ -110,6 +129,7 @@ pub fn evaluate(
 pub fn observe(
     shadow: &Policy,
     req: &http::request::Parts,
+    facts: &RequestFacts<'_>,
     principal: Option<&Principal>,
     active: &Decision,
     request_id: &str,
@@ -118,7 +138,6 @@ pub fn observe(
     if !comparable(active) {
         return;
     }
-    let path = req.uri.path();
     let query = req.uri.query();
     let malformed;
     let credentials = match (principal, active) {
@@ -135,12 +154,7 @@ pub fn observe(
             }
         },
     };
-    let facts = RequestFacts {
-        method: &req.method,
-        path,
-        query,
-    };
-    let candidate = evaluate(shadow, &facts, &credentials);
+    let candidate = evaluate(shadow, facts, &credentials);
     metrics.shadow_evaluations.inc();
     let Some(diff) = Difference::between(active, &candidate) else {
         return;
@@ -326,12 +340,28 @@ routes:
         b.body(()).expect("request").into_parts().0
     }
 
+    fn facts_for(req: &http::request::Parts) -> RequestFacts<'_> {
+        RequestFacts {
+            method: &req.method,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            if_none_exist: None,
+            content_type: None,
+            body: None,
+            page_of: None,
+        }
+    }
+
     /// The active decision as the proxy makes it (minus rate limits and audit health).
     fn active(p: &Policy, req: &http::request::Parts, who: Option<&Principal>) -> Decision {
         let facts = RequestFacts {
             method: &req.method,
             path: req.uri.path(),
             query: req.uri.query(),
+            if_none_exist: None,
+            content_type: None,
+            body: None,
+            page_of: None,
         };
         let creds = match who {
             Some(p) => Credentials::Verified(p),
@@ -347,8 +377,17 @@ routes:
     ) -> Option<(String, String, String)> {
         let active_policy = policy(ACTIVE);
         let a = active(&active_policy, req, who);
+        observed(shadow, req, who, &a)
+    }
+
+    fn observed(
+        shadow: &Policy,
+        req: &http::request::Parts,
+        who: Option<&Principal>,
+        a: &Decision,
+    ) -> Option<(String, String, String)> {
         let metrics = Metrics::new();
-        observe(shadow, req, who, &a, "req-1", &metrics);
+        observe(shadow, req, &facts_for(req), who, a, "req-1", &metrics);
         let text = String::from_utf8(metrics.render()).expect("utf8");
         text.lines()
             .find(|l| l.starts_with("fhirwall_shadow_decisions_total{"))
@@ -393,7 +432,15 @@ routes:
         let req = request("/Patient/123", Some("Bearer t"));
         let metrics = Metrics::new();
         let a = active(&policy(ACTIVE), &req, Some(&who));
-        observe(&shadow, &req, Some(&who), &a, "req-1", &metrics);
+        observe(
+            &shadow,
+            &req,
+            &facts_for(&req),
+            Some(&who),
+            &a,
+            "req-1",
+            &metrics,
+        );
         assert_eq!(metrics.shadow_evaluations.get(), 1);
         let text = String::from_utf8(metrics.render()).expect("utf8");
         assert!(!text.contains("fhirwall_shadow_decisions_total{"), "{text}");
@@ -418,6 +465,10 @@ routes:
             method: &http::Method::GET,
             path: "/Patient/123",
             query: None,
+            if_none_exist: None,
+            content_type: None,
+            body: None,
+            page_of: None,
         };
         let refused = Denial::new(
             DenyReason::InvalidToken { cause: "expired" },
@@ -435,6 +486,10 @@ routes:
             method: &http::Method::GET,
             path: "/metadata",
             query: None,
+            if_none_exist: None,
+            content_type: None,
+            body: None,
+            page_of: None,
         };
         let d = evaluate(&shadow, &facts, &Credentials::Malformed("two headers")).expect("d");
         assert_eq!(d.reason_code(), "invalid_request");
@@ -446,7 +501,15 @@ routes:
         let req = request("/Observation/9", None);
         let metrics = Metrics::new();
         let limited = Decision::Deny(Denial::new(DenyReason::AuditUnavailable, "down"));
-        observe(&shadow, &req, None, &limited, "req-1", &metrics);
+        observe(
+            &shadow,
+            &req,
+            &facts_for(&req),
+            None,
+            &limited,
+            "req-1",
+            &metrics,
+        );
         assert_eq!(metrics.shadow_evaluations.get(), 0);
     }
 
@@ -463,5 +526,33 @@ routes:
         assert_eq!(budget.take(100), None);
         assert_eq!(budget.take(101), Some(2));
         assert_eq!(budget.take(101), Some(0));
+    }
+
+    const FHIR_ACTIVE: &str = "version: 1\nbase_path: /fhir\nfhir: { version: R4 }\nroutes: []\n";
+    const FHIR_STRICTER: &str = "version: 1\nbase_path: /fhir\nfhir: { version: R4, patient_scopes_outside_compartment: deny }\nroutes: []\n";
+
+    #[test]
+    fn engine_decisions_are_compared_through_the_same_evaluation() {
+        let (active_p, same, stricter) = (
+            policy(FHIR_ACTIVE),
+            policy(FHIR_ACTIVE),
+            policy(FHIR_STRICTER),
+        );
+        let who = principal("patient/Observation.rs patient/Practitioner.rs");
+        let search = request("/fhir/Observation?patient=123", Some("Bearer t"));
+        let a = active(&active_p, &search, Some(&who));
+        assert!(a.permit().is_some(), "{a:?}");
+        assert_eq!(observed(&same, &search, Some(&who), &a), None);
+
+        // Outside the compartment: allowed by default, refused by the candidate's switch.
+        let read = request("/fhir/Practitioner/p1", Some("Bearer t"));
+        let a = active(&active_p, &read, Some(&who));
+        assert!(a.permit().is_some(), "{a:?}");
+        let (active_label, shadow_label, _) =
+            observed(&stricter, &read, Some(&who), &a).expect("a difference");
+        assert_eq!(
+            (active_label.as_str(), shadow_label.as_str()),
+            ("allow", "patient_context")
+        );
     }
 }

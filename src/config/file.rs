@@ -19,7 +19,8 @@ use super::{
     AuditCheckpointConfig, AuditConfig, AuditDurability, AuditTarget, ClientAuth, ClientCertConfig,
     ClientCertMode, Config, Diagnostic, Diagnostics, ForwardingConfig, IdentityFiles,
     IntrospectionConfig, IssuerConfig, ListenerConfig, ListenerTlsConfig, LogConfig,
-    RateLimitConfig, ReloadConfig, RevocationConfig, SecretSource, TokenCacheConfig, UpstreamConfig,
+    RateLimitConfig, ReloadConfig, RevocationConfig, SecretSource, TokenCacheConfig,
+    UpstreamConfig,
 };
 use crate::policy::Policy;
 

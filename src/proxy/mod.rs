@@ -1057,7 +1057,19 @@ impl ProxyHttp for Gateway {
         if let Some(shadow) = rt.shadow.as_deref() {
             // Compared, never enforced (crate::shadow): the active decision is final here.
             let (req, who) = (session.req_header(), ctx.principal.as_deref());
-            crate::shadow::observe(shadow, req, who, &decision, &ctx.request_id, &self.metrics);
+            let facts = RequestFacts {
+                page_of: ctx.page_of.as_deref(),
+                ..facts_of(req, ctx.body.as_deref())
+            };
+            crate::shadow::observe(
+                shadow,
+                req,
+                &facts,
+                who,
+                &decision,
+                &ctx.request_id,
+                &self.metrics,
+            );
         }
         let denied = match &decision {
             Decision::Deny(d) => {
