@@ -93,10 +93,6 @@ pub(crate) struct Prop {
     required: bool,
     /// Default value as YAML would spell it (`2s`, `true`, `65536`, `[a, b]` as JSON).
     default: Option<&'static str>,
-    /// The key exists in the schema before the loader reads it (another branch adds it);
-    /// its absence from the key table is tolerated.
-    #[cfg_attr(not(test), allow(dead_code))] // read by the key-table tests only
-    pending: bool,
     desc: &'static str,
 }
 
@@ -144,7 +140,6 @@ const fn req(key: &'static str, ty: Ty, desc: &'static str) -> Prop {
         ty,
         required: true,
         default: None,
-        pending: false,
         desc,
     }
 }
@@ -155,7 +150,6 @@ const fn opt(key: &'static str, ty: Ty, default: &'static str, desc: &'static st
         ty,
         required: false,
         default: Some(default),
-        pending: false,
         desc,
     }
 }
@@ -167,14 +161,8 @@ const fn may(key: &'static str, ty: Ty, desc: &'static str) -> Prop {
         ty,
         required: false,
         default: None,
-        pending: false,
         desc,
     }
-}
-
-/// A key the loader of this branch does not read yet (see [`Prop::pending`]).
-const fn pending(p: Prop) -> Prop {
-    Prop { pending: true, ..p }
 }
 
 const DURATION_RE: &str = "^[0-9]+(ms|s|m|h)$";
@@ -242,7 +230,7 @@ static UPSTREAM: Obj = Obj {
 };
 
 static LISTENER: Obj = Obj {
-    keys: Keys::Pending("config/file.rs::LISTENER_KEYS"),
+    keys: Keys::Table("config/file.rs::LISTENER_KEYS"),
     desc: "One listener: an address and, unless it is loopback or `plaintext: true`, TLS.",
     props: &[
         req("address", ADDR, "IP address and port, e.g. `0.0.0.0:8443`."),
@@ -252,7 +240,7 @@ static LISTENER: Obj = Obj {
 };
 
 static LISTENER_TLS: Obj = Obj {
-    keys: Keys::Pending("config/file.rs::LISTENER_TLS_KEYS"),
+    keys: Keys::Table("config/file.rs::LISTENER_TLS_KEYS"),
     desc: "TLS on a listener. The files are loaded at `fhirwall check`, and reloaded when they change.",
     props: &[
         req("certificate", Ty::NonEmpty, "PEM certificate chain, leaf first."),
@@ -264,7 +252,7 @@ static LISTENER_TLS: Obj = Obj {
 };
 
 static RELOAD: Obj = Obj {
-    keys: Keys::Pending("config/file.rs::RELOAD_KEYS"),
+    keys: Keys::Table("config/file.rs::RELOAD_KEYS"),
     desc: "Hot reload: changed files are loaded and swapped in; files that do not load are refused and the running version keeps serving.",
     props: &[
         opt("watch", Ty::Bool, "true", "Watch the configuration and policy files for changes."),
@@ -423,7 +411,7 @@ static POLICY: Obj = Obj {
         req("routes", Ty::ListOf(&ROUTE, 0), "Explicit routes, matched first. An empty list refuses every request not handled by a `fhir:` section."),
         may("quotas", Ty::ListOf(&QUOTA, 0), "Rate-limit quotas (GCRA), each counting requests by client, subject or address."),
         may("distinct_patients", Ty::Obj(&GUARD), "The distinct-patients guard: how many different patients one client may touch per window."),
-        pending(may("fhir", Ty::Obj(&FHIR), "Enforce SMART on FHIR scopes on every request under `base_path` (FHIR R4): fhirwall classifies each request itself (interactions, compartments, bundles, includes). Requests matched by an explicit route are decided by the route.")),
+        may("fhir", Ty::Obj(&FHIR), "Enforce SMART on FHIR scopes on every request under `base_path` (FHIR R4): fhirwall classifies each request itself (interactions, compartments, bundles, includes). Requests matched by an explicit route are decided by the route."),
     ],
 };
 
@@ -487,7 +475,7 @@ static GUARD: Obj = Obj {
 
 // The `fhir:` section (issue 3): its loader lands with the SMART engine branch.
 static FHIR: Obj = Obj {
-    keys: Keys::Pending("policy/load.rs::FHIR_KEYS"),
+    keys: Keys::Table("policy/load.rs::FHIR_KEYS"),
     desc: "SMART on FHIR enforcement under the FHIR base (`base_path`).",
     props: &[
         req("version", Ty::Enum(&["R4"]), "The FHIR version of the server; only `R4`."),
@@ -502,7 +490,7 @@ static FHIR: Obj = Obj {
 };
 
 static FHIR_PAGING: Obj = Obj {
-    keys: Keys::Pending("policy/load.rs::PAGING_KEYS"),
+    keys: Keys::Table("policy/load.rs::PAGING_KEYS"),
     desc: "Remembered next-page links.",
     props: &[
         opt(
@@ -527,11 +515,11 @@ static FHIR_PAGING: Obj = Obj {
 };
 
 static FHIR_OPERATION: Obj = Obj {
-    keys: Keys::Pending("policy/load.rs::OPERATION_KEYS"),
+    keys: Keys::Table("policy/load.rs::OPERATION_KEYS"),
     desc: "One allowed FHIR operation and the scopes it needs.",
     props: &[
         req("name", Ty::Pattern("^[A-Za-z][A-Za-z0-9_-]{0,63}$"), "The operation name without `$`, e.g. `validate`."),
-        pending(may("description", Ty::Str, "Documentation only.")),
+        may("description", Ty::Str, "Documentation only."),
         req("level", Ty::Enum(&["system", "type", "instance"]), "Where it is invoked: `[base]/$op`, `[base]/Type/$op` or `[base]/Type/id/$op`."),
         may("types", Ty::List(&Ty::EnumFn(resource_types), 1), "FHIR R4 resource types it may be invoked on (any type when absent; not for system level)."),
         opt("methods", Ty::List(&Ty::Enum(&["GET", "POST"]), 1), r#"["GET","POST"]"#, "HTTP methods allowed."),
