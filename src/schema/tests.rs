@@ -153,12 +153,8 @@ fn every_schema_object_matches_its_loader_key_table() {
     );
     let mut problems = Vec::new();
     for (path, obj) in objects() {
-        let (id, pending) = match obj.keys {
-            Keys::Table(id) => (id, false),
-            Keys::Pending(id) => (id, true),
-        };
+        let Keys::Table(id) = obj.keys;
         match tables.get(id) {
-            None if pending => {}
             None => problems.push(format!("{path}: no key table `{id}` in src/")),
             Some(table) => {
                 for p in compare(obj, table) {
@@ -181,7 +177,7 @@ fn every_loader_key_table_belongs_to_a_schema_object() {
     let claimed: Vec<&str> = objects()
         .iter()
         .map(|(_, o)| match o.keys {
-            Keys::Table(id) | Keys::Pending(id) => id,
+            Keys::Table(id) => id,
         })
         .collect();
     let unclaimed: Vec<String> = key_tables()
@@ -455,9 +451,6 @@ fn loader_errors_at(case: &EnumCase, value: &str) -> Vec<String> {
 fn every_value_a_schema_enum_allows_is_accepted_by_the_loader_and_others_are_not() {
     // Every enum of a mapping the loader reads is covered by a case.
     for (path, obj) in objects() {
-        if matches!(obj.keys, Keys::Pending(_)) {
-            continue;
-        }
         for p in obj.props.iter() {
             if enum_values(&p.ty).is_some() {
                 assert!(
