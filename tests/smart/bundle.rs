@@ -105,6 +105,10 @@ pub fn cases() -> Vec<Case> {
             .scopes("user/*.cruds").post("").json(bundle("collection", vec![])).deny_with(&[400, 403], Challenge::Any),
         case("another resource at the base is refused", "SMART-SEMANTICS 7: another resource at [base] is refused")
             .scopes("user/*.cruds").post("").json(observation(Some("Patient/123"))).deny_with(&[400, 403], Challenge::Any),
+        case("an oversized batch is refused", "smart-api.md fhir.max_body_bytes: bodies read for a decision, larger -> 413")
+            .scopes("user/*.rs").post("")
+            .json(bundle("batch", (0..700).map(|i| entry("GET", &format!("Observation?code={i}&_elements={}", "x".repeat(100)))).collect()))
+            .deny_with(&[413], Challenge::Any),
         case("a batch without a token", "RFC 6750 §3.1")
             .post("").json(bundle("batch", vec![entry("GET", "Patient/123")])).deny_with(&[401], Challenge::Bare),
     ]

@@ -79,8 +79,9 @@ pub fn cases() -> Vec<Case> {
             .scopes("user/Observation.c").post("/Bundle")
             .json(json!({ "resourceType": "Bundle", "type": "batch", "entry": [{ "request": { "method": "POST", "url": "Observation" }, "resource": observation(Some("Patient/1")) }] })).deny(),
         case("an oversized body is refused", "smart-api.md fhir.max_body_bytes: larger -> 413")
-            .scopes("user/Observation.c").post("/Observation")
-            .json({ let mut o = observation(Some("Patient/456")); o["note"] = json!([{ "text": "x".repeat(70_000) }]); o })
+            .scopes("patient/Observation.c")
+        .patient("123").post("/Observation")
+            .json({ let mut o = observation(Some("Patient/123")); o["note"] = json!([{ "text": "x".repeat(70_000) }]); o })
             .deny_with(&[413], Challenge::Any),
         // --- per-grant confinement (SMART-SEMANTICS 2)
         case("patient c + user rs cannot create for another patient", "SMART-SEMANTICS 2: each permission follows the scope that grants it")
