@@ -58,6 +58,30 @@ pub enum Command {
     /// Work with audit files.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Explain how the policy decides one request: the route or FHIR engine rule that
+    /// applies, the scopes needed and granted, and the checks the proxy would run. Exit 0
+    /// allowed, 1 denied, 64 usage or configuration error.
+    Explain {
+        /// Configuration file (YAML), or a policy file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The token's scopes, space separated; without it the request has no token.
+        #[arg(long)]
+        scopes: Option<String>,
+        /// The token's SMART patient context.
+        #[arg(long)]
+        patient: Option<String>,
+        /// The token's `fhirUser`.
+        #[arg(long)]
+        fhir_user: Option<String>,
+        /// A file with the request body (Bundles, POST _search forms, writes).
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// The request method, e.g. GET.
+        method: String,
+        /// The request path with its query (`/fhir/Observation?patient=123`), or a URL.
+        url: String,
+    },
 }
 
 /// `fhirwall audit ...`.
@@ -136,6 +160,15 @@ pub fn run() -> ExitCode {
             }
         },
         Command::Check { config } => check(&config),
+        Command::Explain {
+            config,
+            scopes,
+            patient,
+            fhir_user,
+            body,
+            method,
+            url,
+        } => explain(&config, scopes, patient, fhir_user, body, &method, &url),
         Command::Audit(AuditCommand::Verify {
             files,
             checkpoints,
@@ -191,6 +224,58 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("{}: {errors} error(s)", path.display());
             ExitCode::from(1)
         }
+    }
+}
+
+fn explain(
+    config: &std::path::Path,
+    scopes: Option<String>,
+    patient: Option<String>,
+    fhir_user: Option<String>,
+    body: Option<PathBuf>,
+    method: &str,
+    url: &str,
+) -> ExitCode {
+    use crate::policy::Policy;
+    // A gateway configuration names its policy; a policy file is accepted as it is.
+    let policy = match Config::load(config) {
+        Ok(c) => c.policy,
+        Err(config_diags) => match Policy::load(config) {
+            Ok(p) => std::sync::Arc::new(p),
+            Err(_) => {
+                eprint!("{config_diags}");
+                eprintln!("fhirwall: invalid configuration");
+                return ExitCode::from(64);
+            }
+        },
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("fhirwall: `{method}` is not an HTTP method");
+        return ExitCode::from(64);
+    };
+    let body = match body.map(std::fs::read).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("fhirwall: cannot read the body file: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let principal = scopes.map(|s| crate::auth::Principal {
+        issuer: std::sync::Arc::from("fhirwall-explain"),
+        subject: None,
+        client_id: None,
+        fhir_user: fhir_user.map(Into::into),
+        patient: patient.map(Into::into),
+        jti: None,
+        expires_at: u64::MAX,
+        scopes: crate::policy::scope::GrantedScopes::parse(s.split_whitespace()),
+    });
+    let e = policy.explain_request(&method, url, body.as_deref(), principal.as_ref());
+    print!("{}", e.text);
+    if e.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

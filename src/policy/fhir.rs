@@ -20,6 +20,7 @@ use thiserror::Error;
 use super::patient::is_fhir_id;
 use super::r4::ResourceType;
 use super::scope::{Letters, ScopeType};
+use super::smart::compartment;
 
 /// The FHIR RESTful interaction a request performs (R4 http.html §2.21.0 summary table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,6 +148,8 @@ pub struct Request {
     pub compartment: Option<(ResourceType, Box<str>)>,
     /// For an operation, its name and level.
     pub operation: Option<Operation>,
+    /// For an operation, the raw query string (its parameters are the operation's).
+    pub raw_query: Option<Box<str>>,
     /// A conditional create/update/patch/delete (the server searches with the criteria).
     pub conditional: bool,
     /// What the caller must read before deciding.
@@ -157,10 +160,22 @@ pub struct Request {
     /// Letters per type, merged by type, in order of first appearance; the interaction's own
     /// requirement comes first.
     pub requirements: Vec<Requirement>,
+    /// Every query parameter (URL, `If-None-Exist`, `_search` form), percent-decoded, in
+    /// order: the facts patient confinement and granular narrowing are judged on.
+    pub params: Vec<SearchParam>,
     /// Some include/chain reached `*`, so a `_type` narrowing must keep the `*` requirement.
     any_reached: bool,
     /// `_type` was already applied (a second occurrence is refused: AND or OR is unclear).
     type_narrowed: bool,
+}
+
+/// One percent-decoded query parameter of a classified request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchParam {
+    /// The name with any modifier or chain (`subject:Patient`, `patient.name`).
+    pub name: Box<str>,
+    /// The value (a comma is an OR of values, R4 search.html#combining).
+    pub value: Box<str>,
 }
 
 /// Why a request could not be classified. Every variant means "refuse": fhirwall does not
@@ -414,7 +429,7 @@ pub fn classify(
     if let Some(q) = query {
         match req.interaction {
             // Operation parameters are the operation's business (SMART-SEMANTICS §8).
-            Interaction::Operation => {}
+            Interaction::Operation => req.raw_query = Some(q.into()),
             // R4 capabilities takes `mode` and `_format` only; anything else is not the
             // public capabilities request.
             Interaction::Capabilities => {
@@ -527,10 +542,12 @@ impl Request {
             version: None,
             compartment: None,
             operation: None,
+            raw_query: None,
             conditional: false,
             body: BodyNeed::None,
             filter: false,
             requirements: Vec::new(),
+            params: Vec::new(),
             any_reached: false,
             type_narrowed: false,
         }
@@ -591,7 +608,11 @@ impl Request {
     fn add_query(&mut self, q: &str) -> Result<(), Unclassifiable> {
         let mut types: Vec<ResourceType> = Vec::new();
         for p in parse_query(q)? {
-            self.add_param(&p, &mut types)?;
+            self.add_param(&p, self.resource_type, &mut types)?;
+            self.params.push(SearchParam {
+                name: p.name.into(),
+                value: p.value.into(),
+            });
         }
         if !types.is_empty() {
             if self.type_narrowed {
@@ -615,9 +636,12 @@ impl Request {
         Ok(())
     }
 
+    /// Adds what parameter `p`, evaluated on resources of type `on` (`None`: any type),
+    /// reaches.
     fn add_param(
         &mut self,
         p: &Param<'_>,
+        on: Option<ResourceType>,
         types: &mut Vec<ResourceType>,
     ) -> Result<(), Unclassifiable> {
         let name: &str = &p.name;
@@ -636,10 +660,12 @@ impl Request {
                 if !matches!(modifier, None | Some("iterate")) {
                     return Err(bad("unknown _include/_revinclude modifier"));
                 }
-                let (target, letters) =
-                    include_reach(base == "_revinclude", &p.value).map_err(bad)?;
-                self.any_reached |= target == ScopeType::Any;
-                self.require(target, letters);
+                let reach = include_reach(base == "_revinclude", &p.value).map_err(bad)?;
+                match reach {
+                    Reach::Type(t) => self.require(ScopeType::Type(t), Letters::S),
+                    Reach::Param(src, param) => self.reach_through(Some(src), param),
+                    Reach::Any => self.reach_any(),
+                }
                 Ok(())
             }
             // R4 search.html#has: `_has:Type:param:[_has:...:]name=value`; the reverse chain
@@ -657,6 +683,7 @@ impl Request {
                         return Err(bad("malformed _has reference parameter"));
                     }
                     self.require(ScopeType::Type(t), Letters::S);
+                    let has_on = Some(t);
                     match tail.strip_prefix("_has:") {
                         Some(next) => rest = next,
                         None => {
@@ -668,7 +695,7 @@ impl Request {
                             if tail.starts_with('_') {
                                 return Err(bad("_has ending in a special parameter"));
                             }
-                            return self.add_param(&inner, types);
+                            return self.add_param(&inner, has_on, types);
                         }
                     }
                 }
@@ -696,7 +723,7 @@ impl Request {
                 if !is_param_name(base.split('.').next().unwrap_or(base)) {
                     return Err(bad("malformed parameter name"));
                 }
-                self.add_chain(name).map_err(|e| match e {
+                self.add_chain(name, on).map_err(|e| match e {
                     ChainError::Type(t) => Unclassifiable::UnknownType(t),
                     ChainError::Shape(why) => bad(why),
                 })
@@ -705,13 +732,16 @@ impl Request {
     }
 
     /// Chained parameters (R4 search.html#chaining): `subject:Patient.name`,
-    /// `subject.name`, `a.b:Org.c`. Each link searches its target type: `s` on the type named
-    /// by a `:Type` modifier, or on `*` when untyped (the parameter's target list is not
-    /// modelled here; `*` is never weaker). A `:Type` modifier without a chain only narrows
-    /// a reference and reaches nothing, but must still name an R4 type.
-    fn add_chain(&mut self, name: &str) -> Result<(), ChainError> {
+    /// `subject.name`, `a.b:Org.c`. Each link searches its target types: the type named by a
+    /// `:Type` modifier, else the R4 target types of the reference parameter on the types
+    /// reached so far (`compartment::reference_targets`; `*` when a type is not known or the
+    /// parameter is not in the table, which is never weaker). A `:Type` modifier without a
+    /// chain only narrows a reference and reaches nothing, but must still name an R4 type.
+    fn add_chain(&mut self, name: &str, on: Option<ResourceType>) -> Result<(), ChainError> {
         let links: Vec<&str> = name.split('.').collect();
         let chained = links.len() > 1;
+        // The types the current link is evaluated on; `None` = any type.
+        let mut current: Option<Vec<ResourceType>> = on.map(|t| vec![t]);
         for (i, link) in links.iter().enumerate() {
             let last = i + 1 == links.len();
             let (pname, modifier) = match link.split_once(':') {
@@ -735,12 +765,62 @@ impl Request {
                 None => None,
             };
             if chained && !last {
-                self.any_reached |= typed.is_none();
-                self.require(typed.map_or(ScopeType::Any, ScopeType::Type), Letters::S);
+                let next = match typed {
+                    Some(t) => Some(vec![t]),
+                    None => targets_of(current.as_deref(), pname),
+                };
+                match &next {
+                    Some(ts) => {
+                        for &t in ts {
+                            self.require(ScopeType::Type(t), Letters::S);
+                        }
+                    }
+                    None => self.reach_any(),
+                }
+                current = next;
             }
         }
         Ok(())
     }
+
+    /// `s` on every target type of reference parameter `param` of `src`.
+    fn reach_through(&mut self, src: Option<ResourceType>, param: &str) {
+        match targets_of(src.map(|t| [t]).as_ref().map(|a| &a[..]), param) {
+            Some(ts) => {
+                for t in ts {
+                    self.require(ScopeType::Type(t), Letters::S);
+                }
+            }
+            None => self.reach_any(),
+        }
+    }
+
+    fn reach_any(&mut self) {
+        self.any_reached = true;
+        self.require(ScopeType::Any, Letters::S);
+    }
+}
+
+/// The union of the R4 target types of reference parameter `param` on each of `on`; `None`
+/// (reach `*`) when `on` is unknown, `param` is `*`, a type lacks the parameter, or the
+/// union is every type (`*` reads better and is as strict).
+fn targets_of(on: Option<&[ResourceType]>, param: &str) -> Option<Vec<ResourceType>> {
+    let on = on?;
+    if param == "*" {
+        return None;
+    }
+    let mut out: Vec<ResourceType> = Vec::new();
+    for &t in on {
+        for &target in compartment::reference_targets(t, param)? {
+            if !out.contains(&target) {
+                out.push(target);
+            }
+        }
+    }
+    if out.is_empty() || out.len() >= super::r4::RESOURCE_TYPES.len() {
+        return None;
+    }
+    Some(out)
 }
 
 enum ChainError {
@@ -749,10 +829,19 @@ enum ChainError {
 }
 
 /// What an `_include`/`_revinclude` value reaches (SMART-SEMANTICS §5).
-fn include_reach(rev: bool, value: &str) -> Result<(ScopeType, Letters), &'static str> {
+enum Reach<'v> {
+    /// One type (`_include=Src:param:Target`, `_revinclude=Src:param`).
+    Type(ResourceType),
+    /// The targets of a reference parameter (`_include=Src:param`).
+    Param(ResourceType, &'v str),
+    /// Everything (`_include=*`).
+    Any,
+}
+
+fn include_reach(rev: bool, value: &str) -> Result<Reach<'_>, &'static str> {
     if value == "*" {
         // `_include=*`: everything referenced.
-        return Ok((ScopeType::Any, Letters::S));
+        return Ok(Reach::Any);
     }
     let mut parts = value.split(':');
     let (src, param, target) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -769,11 +858,14 @@ fn include_reach(rev: bool, value: &str) -> Result<(ScopeType, Letters), &'stati
     };
     Ok(if rev {
         // `_revinclude=Src:param`: the included resources are of type Src.
-        (ScopeType::Type(src), Letters::S)
+        Reach::Type(src)
     } else {
-        // `_include=Src:param:Target` reaches Target; without Target, every target of
-        // `param` (the R4-SP target list is not modelled here: `*` is never weaker).
-        (target.map_or(ScopeType::Any, ScopeType::Type), Letters::S)
+        // `_include=Src:param:Target` reaches Target; without Target, every R4 target of
+        // `param` (R4-SP target list).
+        match target {
+            Some(t) => Reach::Type(t),
+            None => Reach::Param(src, param),
+        }
     })
 }
 
@@ -790,6 +882,18 @@ fn is_param_name(s: &str) -> bool {
 struct Param<'q> {
     name: Cow<'q, str>,
     value: Cow<'q, str>,
+}
+
+/// The percent-decoded parameters of a query string (operation parameters, `_typeFilter`
+/// values), read exactly as searches are.
+pub fn query_params(q: &str) -> Result<Vec<SearchParam>, Unclassifiable> {
+    Ok(parse_query(q)?
+        .into_iter()
+        .map(|p| SearchParam {
+            name: p.name.into(),
+            value: p.value.into(),
+        })
+        .collect())
 }
 
 /// Splits and percent-decodes a query (R4 search.html#2.21.1.1: `application/x-www-form-

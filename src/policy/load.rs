@@ -21,9 +21,12 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::fhir::Level;
 use super::patient::PatientBinding;
+use super::r4::ResourceType;
 use super::route::{Pattern, Segment, Trie, METHODS};
-use super::scope::{Context, Scope, ScopeRequirement, ScopeType};
+use super::scope::{Context, GrantedScopes, Letters, Scope, ScopeRequirement, ScopeType};
+use super::smart::{FhirSection, FhirSettings, GranularSearch, OperationRule, OutsideCompartment};
 use super::{Policy, Route};
 use crate::config::yaml::{self, index, join, Mark, Node, Reader};
 use crate::config::Diagnostics;
@@ -34,6 +37,7 @@ const FORMAT_VERSION: u64 = 1;
 const TOP_KEYS: &[&str] = &[
     "version",
     "base_path",
+    "fhir",
     "routes",
     "quotas",
     "distinct_patients",
@@ -48,6 +52,18 @@ const ROUTE_KEYS: &[&str] = &[
     "patient",
 ];
 const SCOPES_KEYS: &[&str] = &["any_of", "all_of"];
+const FHIR_KEYS: &[&str] = &[
+    "version",
+    "patient_scopes_outside_compartment",
+    "granular_search",
+    "max_body_bytes",
+    "max_response_bytes",
+    "server_urls",
+    "paging",
+    "operations",
+];
+const PAGING_KEYS: &[&str] = &["parameters", "ttl", "max_links"];
+const OPERATION_KEYS: &[&str] = &["name", "description", "level", "types", "methods", "scopes"];
 const PATIENT_KEYS: &[&str] = &["segment", "query"];
 
 /// A route that passed its own checks, before trie insertion.
@@ -89,10 +105,14 @@ pub(super) fn compile(src: &str, file: &Path) -> Result<Policy, Diagnostics> {
         .unwrap_or("")
         .to_owned();
 
+    let fhir = top
+        .get("fhir")
+        .and_then(|n| fhir_section(&mut r, n, &base_text));
+
     let mut candidates = Vec::new();
     if let Some(routes) = r.required(&top, "", "routes") {
         if let Some(items) = r.seq(routes, "routes") {
-            if items.is_empty() {
+            if items.is_empty() && top.get("fhir").is_none() {
                 r.warning(
                     routes.mark,
                     "routes",
@@ -119,6 +139,9 @@ pub(super) fn compile(src: &str, file: &Path) -> Result<Policy, Diagnostics> {
         match trie.insert(&c.pattern, &c.methods, idx) {
             Ok(()) => {
                 lint(&mut r, &c);
+                if fhir.is_some() {
+                    lint_fhir_route(&mut r, &c, base.as_ref());
+                }
                 routes.push(c.route);
                 marks.push(c.mark);
             }
@@ -160,7 +183,7 @@ pub(super) fn compile(src: &str, file: &Path) -> Result<Policy, Diagnostics> {
         warnings: r.diags,
         base_path: base_text.into(),
         rate_limits,
-        fhir: None,
+        fhir,
     })
 }
 
@@ -454,6 +477,9 @@ fn patient_binding(
 /// Warnings about routes that load but probably do not do what their author meant.
 fn lint(r: &mut Reader<'_>, c: &Candidate) {
     let route = &c.route;
+    if !route.public {
+        lint_broad(r, &route.requirement, c.mark, &join(&c.key, "scopes"));
+    }
     let req = &route.requirement;
     let patient_scopes: Vec<&Scope> = req
         .any_of()
@@ -501,5 +527,390 @@ fn lint(r: &mut Reader<'_>, c: &Candidate) {
                 );
             }
         }
+    }
+}
+
+/// Compiles the `fhir:` section (SMART enforcement under the FHIR base, SMART-SEMANTICS).
+fn fhir_section(r: &mut Reader<'_>, node: &Node, base: &str) -> Option<FhirSection> {
+    let key = "fhir";
+    let errors_before = r.diags.0.len();
+    let m = r.map(node, key, FHIR_KEYS)?;
+    if let Some(v) = r.required(&m, key, "version") {
+        if let Some(s) = r.string(v, "fhir.version") {
+            if s != "R4" {
+                r.error(
+                    v.mark,
+                    "fhir.version",
+                    format!("unsupported FHIR version `{s}`; this fhirwall enforces R4"),
+                );
+            }
+        }
+    }
+    let outside = match m.get("patient_scopes_outside_compartment") {
+        None => Some(OutsideCompartment::Allow),
+        Some(n) => choice(
+            r,
+            n,
+            "fhir.patient_scopes_outside_compartment",
+            &[
+                ("allow", OutsideCompartment::Allow),
+                ("deny", OutsideCompartment::Deny),
+            ],
+        ),
+    };
+    let granular = match m.get("granular_search") {
+        None => Some(GranularSearch::Deny),
+        Some(n) => choice(
+            r,
+            n,
+            "fhir.granular_search",
+            &[
+                ("deny", GranularSearch::Deny),
+                ("narrow", GranularSearch::Narrow),
+            ],
+        ),
+    };
+    let max_body = size(r, m.get("max_body_bytes"), "fhir.max_body_bytes", 1 << 20);
+    let max_response = size(
+        r,
+        m.get("max_response_bytes"),
+        "fhir.max_response_bytes",
+        8 << 20,
+    );
+    let mut server_urls = Vec::new();
+    if let Some(n) = m.get("server_urls") {
+        for (i, (u, item)) in r
+            .strings(n, "fhir.server_urls")
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let k = index("fhir.server_urls", i);
+            let trimmed = u.trim_end_matches('/');
+            let valid = (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
+                && trimmed.len() > "https://".len()
+                && !trimmed.contains(['?', '#', ' '])
+                && trimmed.is_ascii();
+            if valid {
+                server_urls.push(Box::from(trimmed));
+            } else {
+                r.error(
+                    item.mark,
+                    &k,
+                    format!("`{u}` is not an absolute http(s) base URL without query or fragment"),
+                );
+            }
+        }
+    }
+    let mut page_parameters: Vec<Box<str>> = vec!["_getpages".into()];
+    let mut paging_ttl = std::time::Duration::from_secs(30 * 60);
+    let mut paging_max_links = 100_000;
+    if let Some(n) = m.get("paging") {
+        if let Some(pm) = r.map(n, "fhir.paging", PAGING_KEYS) {
+            if let Some(pn) = pm.get("parameters") {
+                if let Some(items) = r.strings(pn, "fhir.paging.parameters") {
+                    page_parameters.clear();
+                    for (i, (name, item)) in items.into_iter().enumerate() {
+                        let valid = !name.is_empty()
+                            && name
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+                        if valid {
+                            page_parameters.push(name.into());
+                        } else {
+                            r.error(
+                                item.mark,
+                                &index("fhir.paging.parameters", i),
+                                format!("invalid query parameter name `{name}`"),
+                            );
+                        }
+                    }
+                    if page_parameters.is_empty() {
+                        r.error(
+                            pn.mark,
+                            "fhir.paging.parameters",
+                            "list at least one page parameter",
+                        );
+                    }
+                }
+            }
+            if let Some(tn) = pm.get("ttl") {
+                if let Some(d) = r.duration(tn, "fhir.paging.ttl") {
+                    if d.is_zero() {
+                        r.error(tn.mark, "fhir.paging.ttl", "the ttl must be above zero");
+                    }
+                    paging_ttl = d;
+                }
+            }
+            if let Some(ln) = pm.get("max_links") {
+                if let Some(n) = r.u64(ln, "fhir.paging.max_links") {
+                    if n == 0 {
+                        r.error(ln.mark, "fhir.paging.max_links", "must be at least 1");
+                    }
+                    paging_max_links = n;
+                }
+            }
+        }
+    }
+    let mut operations = Vec::new();
+    if let Some(n) = m.get("operations") {
+        if let Some(items) = r.seq(n, "fhir.operations") {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(op) = operation_rule(r, item, &index("fhir.operations", i)) {
+                    let clash = operations.iter().any(|o: &OperationRule| {
+                        o.name == op.name
+                            && o.level == op.level
+                            && o.methods.iter().any(|m| op.methods.contains(m))
+                            && match (&o.types, &op.types) {
+                                (Some(a), Some(b)) => a.iter().any(|t| b.contains(t)),
+                                _ => true,
+                            }
+                    });
+                    if clash {
+                        r.error(
+                            item.mark,
+                            &index("fhir.operations", i),
+                            format!(
+                                "operation `${}` is configured twice for the same level, type and method",
+                                op.name
+                            ),
+                        );
+                    } else {
+                        lint_broad(r, &op.scopes, item.mark, &index("fhir.operations", i));
+                        operations.push(op);
+                    }
+                }
+            }
+        }
+    }
+    let failed = r.diags.0[errors_before..]
+        .iter()
+        .any(|d| d.severity == crate::config::Severity::Error);
+    if failed {
+        return None;
+    }
+    Some(FhirSection::new(FhirSettings {
+        base_path: base.trim_end_matches('/').into(),
+        outside_compartment: outside?,
+        granular_search: granular?,
+        max_body_bytes: max_body?,
+        max_response_bytes: max_response?,
+        server_urls,
+        page_parameters,
+        paging_ttl,
+        paging_max_links,
+        operations,
+    }))
+}
+
+/// One of a fixed set of words.
+fn choice<T: Copy>(r: &mut Reader<'_>, n: &Node, key: &str, options: &[(&str, T)]) -> Option<T> {
+    let s = r.string(n, key)?;
+    match options.iter().find(|(w, _)| *w == s) {
+        Some((_, v)) => Some(*v),
+        None => {
+            let words: Vec<&str> = options.iter().map(|(w, _)| *w).collect();
+            r.error(
+                n.mark,
+                key,
+                format!("unknown value `{s}`; expected one of: {}", words.join(", ")),
+            );
+            None
+        }
+    }
+}
+
+/// A byte size above zero, `default` when absent.
+fn size(r: &mut Reader<'_>, n: Option<&Node>, key: &str, default: usize) -> Option<usize> {
+    let Some(n) = n else {
+        return Some(default);
+    };
+    let v = r.u64(n, key)?;
+    match usize::try_from(v) {
+        Ok(v) if v > 0 => Some(v),
+        _ => {
+            r.error(n.mark, key, "must be a byte count above zero");
+            None
+        }
+    }
+}
+
+fn operation_rule(r: &mut Reader<'_>, node: &Node, key: &str) -> Option<OperationRule> {
+    let errors_before = r.diags.0.len();
+    let m = r.map(node, key, OPERATION_KEYS)?;
+    let name = r.required(&m, key, "name").and_then(|n| {
+        let k = join(key, "name");
+        let s = r.string(n, &k)?;
+        let mut b = s.bytes();
+        let valid = b.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && b.all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            && s.len() <= 64;
+        if !valid {
+            r.error(
+                n.mark,
+                &k,
+                format!("invalid operation name `{s}` (write it without `$`, e.g. `validate`)"),
+            );
+            return None;
+        }
+        Some(s)
+    });
+    if let Some(n) = m.get("description") {
+        r.string(n, &join(key, "description"));
+    }
+    let level = r.required(&m, key, "level").and_then(|n| {
+        choice(
+            r,
+            n,
+            &join(key, "level"),
+            &[
+                ("system", Level::System),
+                ("type", Level::Type),
+                ("instance", Level::Instance),
+            ],
+        )
+    });
+    let types = match m.get("types") {
+        None => Some(None),
+        Some(n) => {
+            let k = join(key, "types");
+            let items = r.strings(n, &k);
+            let mut out = Vec::new();
+            let mut ok = items.is_some();
+            for (i, (t, item)) in items.unwrap_or_default().into_iter().enumerate() {
+                match ResourceType::from_name(t) {
+                    Some(t) => out.push(t),
+                    None => {
+                        r.error(
+                            item.mark,
+                            &index(&k, i),
+                            format!(
+                                "`{t}` is not a FHIR R4 resource type (names are case-sensitive)"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if level == Some(Level::System) {
+                r.error(
+                    m.key_mark("types").unwrap_or(n.mark),
+                    &k,
+                    "a system-level operation has no types",
+                );
+                ok = false;
+            }
+            ok.then_some(Some(out.into_boxed_slice()))
+        }
+    };
+    let methods = match m.get("methods") {
+        None => Some(vec![http::Method::GET, http::Method::POST]),
+        Some(n) => {
+            let k = join(key, "methods");
+            let items = r.strings(n, &k);
+            let mut out = Vec::new();
+            let mut ok = items.is_some();
+            for (i, (s, item)) in items.unwrap_or_default().into_iter().enumerate() {
+                match s {
+                    "GET" | "POST" if !out.iter().any(|m: &http::Method| m == s) => {
+                        out.push(if s == "GET" {
+                            http::Method::GET
+                        } else {
+                            http::Method::POST
+                        })
+                    }
+                    _ => {
+                        r.error(
+                            item.mark,
+                            &index(&k, i),
+                            format!(
+                                "`{s}`: operations are invoked with GET or POST, each listed once"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if ok && out.is_empty() {
+                r.error(n.mark, &k, "list at least one method");
+                ok = false;
+            }
+            ok.then_some(out)
+        }
+    };
+    let requirement = r
+        .required(&m, key, "scopes")
+        .and_then(|n| scopes(r, n, &join(key, "scopes")));
+    if r.diags.0[errors_before..]
+        .iter()
+        .any(|d| d.severity == crate::config::Severity::Error)
+    {
+        return None;
+    }
+    let requirement = requirement?;
+    Some(OperationRule {
+        name: name?.into(),
+        level: level?,
+        types: types?,
+        methods: methods?.into(),
+        required: Arc::from(requirement.to_string()),
+        scopes: requirement,
+    })
+}
+
+/// Warns about grants that give everything (`patient/*.*`, `user/*.cruds`, `system/*.*`):
+/// a client holding one is not limited by SMART at all.
+fn lint_broad(r: &mut Reader<'_>, req: &ScopeRequirement, mark: Mark, key: &str) {
+    for s in req.any_of().iter().chain(req.all_of()) {
+        let Some(rs) = s.as_resource() else { continue };
+        if rs.resource() == ScopeType::Any && rs.letters() == Letters::ALL && rs.query().is_none() {
+            r.warning(
+                mark,
+                key,
+                format!(
+                    "`{s}` is a broad grant: it allows every interaction on every resource type"
+                ),
+            );
+        }
+    }
+    // An alternative that implies another one is never the one a token needs.
+    let alts = req.any_of();
+    for (i, a) in alts.iter().enumerate() {
+        let text = a.to_string();
+        let holding_a = GrantedScopes::parse([text.as_str()]);
+        if alts
+            .iter()
+            .enumerate()
+            .any(|(j, b)| j != i && b != a && holding_a.satisfies(b))
+        {
+            r.warning(
+                mark,
+                &index(&join(key, "any_of"), i),
+                format!("`{a}` is never needed: a token holding it already satisfies a weaker alternative in the same list"),
+            );
+        }
+    }
+}
+
+/// Warnings about an explicit route when the policy has a `fhir:` section.
+fn lint_fhir_route(r: &mut Reader<'_>, c: &Candidate, base: Option<&Pattern>) {
+    let Some(base) = base else { return };
+    let b = base.segments();
+    let s = c.pattern.segments();
+    let under = s.len() >= b.len()
+        && s[..b.len()]
+            .iter()
+            .zip(b)
+            .all(|(x, y)| matches!((x, y), (Segment::Literal(x), Segment::Literal(y)) if x == y));
+    if under {
+        r.warning(
+            c.mark,
+            &c.key,
+            format!(
+                "route `{}` is under the FHIR base: it is matched before the SMART engine and decided by its own scopes, bypassing the engine's rules (compartment, body and response checks) for `{}`",
+                c.route.id,
+                c.pattern.shape()
+            ),
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! permit's `granted_by` text and for the details of a denial.
 
 pub mod decision;
+mod explain;
 pub mod fhir;
 mod load;
 pub mod path;
@@ -21,6 +22,7 @@ pub mod scope;
 pub mod smart;
 
 pub use decision::{Decision, Denial, DenyReason, Permit};
+pub use explain::Explanation;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -603,6 +603,19 @@ impl GrantedScopes {
         self.scopes.is_empty()
     }
 
+    /// The valid resource scopes with their index (for [`GrantedScopes::text_at`]).
+    pub fn resource_scopes(&self) -> impl Iterator<Item = (usize, &ResourceScope)> {
+        self.scopes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_resource().map(|r| (i, r)))
+    }
+
+    /// The text of the `i`-th valid scope, exactly as the token wrote it.
+    pub fn text_at(&self, i: usize) -> &str {
+        self.text_of(i)
+    }
+
     /// True when the token holds a resource scope in `context`.
     pub fn uses_context(&self, context: Context) -> bool {
         self.contexts & context.bit() != 0

@@ -16,6 +16,7 @@ mod authentication;
 mod bearer;
 mod check;
 mod default_deny;
+mod explain;
 mod forwarding;
 mod idp_outage;
 mod jwks;

@@ -564,11 +564,11 @@ const CASES: &[(&str, &str, &str, Option<&str>, &str)] = &[
         "SearchType Observation.s Patient.s",
     ),
     (
-        "_include without target is *",
+        "_include without target reaches the R4-SP targets of the parameter (§5)",
         "GET",
         "Observation",
         Some("_include=Observation:performer"),
-        "SearchType Observation.s *.s",
+        "SearchType Observation.s Practitioner.s Organization.s CareTeam.s Patient.s PractitionerRole.s RelatedPerson.s",
     ),
     (
         "_include=* is *",
@@ -670,11 +670,11 @@ const CASES: &[(&str, &str, &str, Option<&str>, &str)] = &[
         "SearchType Observation.s Patient.s",
     ),
     (
-        "untyped chain reaches *",
+        "untyped chain reaches the R4-SP targets of the parameter (§5)",
         "GET",
         "Observation",
         Some("subject.name=peter"),
-        "SearchType Observation.s *.s",
+        "SearchType Observation.s Group.s Device.s Patient.s Location.s",
     ),
     (
         "two-level chain",
