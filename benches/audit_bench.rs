@@ -75,6 +75,7 @@ fn record(i: u64) -> AuditRecord {
         bytes_out: 2048,
         policy_version: "3f2a9c1e".into(),
         rate_limit: None,
+        explanation: Default::default(),
     }
 }
 

@@ -48,6 +48,7 @@ fn base(i: usize, method: &str, path: &str) -> AuditRecord {
         bytes_out: 100,
         policy_version: "v1".into(),
         rate_limit: None,
+        explanation: Default::default(),
     }
 }
 

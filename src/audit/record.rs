@@ -74,6 +74,26 @@ pub struct AuditRecord {
     /// absent when no rate limit had anything to say.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitNote>,
+    /// Why the decision was made: `granted_by`, `reasons`, `withheld` (flattened into the
+    /// record; each member omitted when empty).
+    #[serde(flatten)]
+    pub explanation: Explanation,
+}
+
+/// The why of a decision, as recorded (members of [`AuditRecord`]).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Explanation {
+    /// The granted scope(s) that satisfied the requirement, space separated (allowed
+    /// requests with a token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub granted_by: Option<String>,
+    /// The FHIR engine's decision trace, short: its findings joined by `; `, at most 1 KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<String>,
+    /// Why the upstream's response was replaced by a 403 (a failed response check, or a
+    /// stored version that failed its check before a write).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 /// A rate-limit event in an audit record.

@@ -48,6 +48,7 @@ pub(super) fn record(i: usize) -> AuditRecord {
         bytes_out: 42,
         policy_version: "abc".to_owned(),
         rate_limit: None,
+        explanation: Default::default(),
     }
 }
 

@@ -15,14 +15,25 @@
 //! `request_filter` is the single source the later phases, the audit record and the metrics
 //! read.
 
+pub mod batch;
+pub mod body;
+pub mod check;
+pub mod discovery;
+pub mod evaluate;
+pub mod exchange;
+pub mod paging;
 pub mod respond;
 pub mod upstream;
 
+pub use evaluate::{evaluate, Evaluated, RequestFacts};
+
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -31,8 +42,12 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::audit::{redact_query, AuditRecord, AuditSink};
 use crate::auth::{bearer, Authenticator, Principal};
 use crate::metrics::{method_label, status_class, Metrics};
+use crate::policy::smart::{Checks, Trace};
 use crate::policy::{Decision, Denial, DenyReason, Policy};
 use crate::ratelimit::{Limiter, RequestKeys, RequestLimits, RATELIMIT, RATELIMIT_POLICY};
+use check::Release;
+use exchange::{Exchanger, Upstreamed};
+use paging::{PageStore, PrefixCopy, Remembered};
 use respond::{Answer, UpstreamFailure};
 use upstream::{Upstream, METHOD_OVERRIDE_HEADERS, X_REQUEST_ID};
 
@@ -57,6 +72,11 @@ pub struct Gateway {
     auth: Arc<Authenticator>,
     audit: AuditSink,
     metrics: Arc<Metrics>,
+    /// Exchanges run outside pingora's streaming loop (held bodies, checks, batches).
+    exchanger: Exchanger,
+    /// Page links of searches, so page requests are decided as their search. Process-wide:
+    /// a policy reload keeps them (each page is decided again under the current policy).
+    pages: PageStore,
 }
 
 /// Per-request state, carried through every phase.
@@ -67,6 +87,16 @@ pub struct RequestCtx {
     runtime: Option<Arc<Runtime>>,
     principal: Option<Arc<Principal>>,
     decision: Option<Decision>,
+    /// What the FHIR engine left to check and why it decided, when it decided.
+    fhir: Option<FhirOutcome>,
+    /// The request body read for the decision; forwarded exactly as read.
+    body: Option<Bytes>,
+    /// The remembered search this request is a page of.
+    page_of: Option<Arc<Remembered>>,
+    /// The start of a streamed search response, copied to find its page links.
+    links: Option<PrefixCopy>,
+    /// Why the upstream's response was withheld (a failed response or stored-version check).
+    withheld: Option<String>,
     upstream_sent: Option<Instant>,
     upstream_status: Option<u16>,
     /// What the rate limiter said (response headers, audit).
@@ -79,9 +109,28 @@ pub struct RequestCtx {
     bytes_out_hint: Option<u64>,
 }
 
+/// The parts of the FHIR engine's [`crate::policy::smart::Verdict`] besides the decision
+/// (which is [`RequestCtx`]'s one decision value).
+pub struct FhirOutcome {
+    /// Checks the proxy runs before or after forwarding.
+    pub checks: Checks,
+    /// Why the engine decided as it did.
+    pub trace: Trace,
+}
+
 /// Longest wait for a record to be committed (strict durability) before the response is
 /// replaced by a 503: a stuck disk must not hold connections forever.
 const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Paging defaults, used when the policy has no `fhir:` section at start.
+const DEFAULT_PAGE_TTL: Duration = Duration::from_secs(30 * 60);
+const DEFAULT_MAX_LINKS: u64 = 100_000;
+/// Response bound for a held body when the policy has no `fhir:` section (explicit
+/// routes never ask for checks; this only bounds the SMART configuration).
+const DEFAULT_MAX_RESPONSE: usize = 8 * 1024 * 1024;
+
+/// Longest `reasons` text in an audit record.
+const MAX_REASONS: usize = 1024;
 
 // === impl Gateway ===
 
@@ -93,20 +142,26 @@ impl Gateway {
         audit: AuditSink,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (ttl, max_links) = paging_settings(&runtime.load().policy);
         Gateway {
             runtime,
             auth,
             audit,
             metrics,
+            exchanger: Exchanger::default(),
+            pages: PageStore::new(ttl, max_links),
         }
     }
 
-    /// Makes the decision about a request. Every early return is a refusal: anything this
-    /// function cannot establish (route, token, scope, audit) denies.
-    async fn decide(&self, session: &Session, rt: &Runtime, ctx: &mut RequestCtx) -> Decision {
+    /// Makes the decision about a request, up to the policy evaluation (the body, when the
+    /// engine needs it, and the per-client quotas follow in `request_filter`). Every early
+    /// return is a refusal: anything this function cannot establish (route, token, scope,
+    /// audit) denies.
+    async fn decide(&self, session: &Session, rt: &Runtime, ctx: &mut RequestCtx) -> Evaluated {
+        let deny = |d: Denial| Evaluated::Decision(Decision::Deny(d));
         // HIPAA 164.312(b): a request that cannot be audited is not served.
         if !self.audit.is_healthy() {
-            return Decision::Deny(Denial::new(
+            return deny(Denial::new(
                 DenyReason::AuditUnavailable,
                 "the audit trail is unavailable; try again shortly",
             ));
@@ -116,14 +171,36 @@ impl Gateway {
             .iter()
             .any(|h| req.headers.contains_key(*h))
         {
-            return Decision::Deny(Denial::new(
+            return deny(Denial::new(
                 DenyReason::BadRequest,
                 "method override headers are not accepted",
             ));
         }
-        let m = match rt.policy.route(&req.method, req.uri.path()) {
-            Ok(m) => m,
-            Err(denial) => return Decision::Deny(denial),
+        let path = req.uri.path();
+        let query = req.uri.query();
+        // Routing order (issue 3): an explicit route; else the FHIR engine for paths under
+        // its base; else default deny. Path-safety refusals are final.
+        let route = match rt.policy.route(&req.method, path) {
+            Ok(m) => Some(m),
+            Err(d) => {
+                let fhir = d.reason == DenyReason::NoRoute
+                    && rt
+                        .policy
+                        .fhir()
+                        .is_some_and(|f| evaluate::under_base(path, f.base_path()));
+                if !fhir {
+                    return deny(d);
+                }
+                None
+            }
+        };
+        let on_route = |d: Denial| match &route {
+            Some(m) => d.on_route(m.route_id().clone(), m.required().clone()),
+            None => d,
+        };
+        let label: Cow<'_, str> = match &route {
+            Some(m) => Cow::Borrowed(&**m.route_id()),
+            None => Cow::Owned(fhir_label(rt, &req.method, path, query)),
         };
         // Per-address quotas run before the token is looked at, so failed authentication
         // attempts are counted (and slowed) too.
@@ -133,69 +210,83 @@ impl Gateway {
             .map(|a| a.ip());
         let keys = RequestKeys {
             method: &req.method,
-            path: req.uri.path(),
-            query: req.uri.query(),
-            route: m.route_id(),
+            path,
+            query,
+            route: &label,
             address: rt.limiter.client_address(peer, &req.headers),
             principal: None,
         };
         match rt.limiter.check_before_auth(&keys).await {
             Ok(admitted) => ctx.limits.admit(admitted),
-            Err(limited) => {
-                return Decision::Deny(
-                    ctx.limits
-                        .refuse(limited)
-                        .on_route(m.route_id().clone(), m.required().clone()),
-                )
-            }
+            Err(limited) => return deny(on_route(ctx.limits.refuse(limited))),
         }
-        let token = match bearer::extract(&req.headers, req.uri.query()) {
+        let token = match bearer::extract(&req.headers, query) {
             Ok(t) => t,
             Err(e) => {
-                return Decision::Deny(
-                    Denial::new(DenyReason::InvalidRequest, e.to_string())
-                        .on_route(m.route_id().clone(), m.required().clone()),
-                )
+                return deny(on_route(Denial::new(
+                    DenyReason::InvalidRequest,
+                    e.to_string(),
+                )))
             }
         };
-        let token = match token {
+        if route.is_none() {
+            ctx.page_of = self.pages.lookup(path, query);
+        }
+        let facts = |page_of| RequestFacts {
+            page_of,
+            ..facts_of(req, None)
+        };
+        match &route {
             // Public routes ignore credentials; they are neither needed nor checked.
-            Some(t) if !m.is_public() => t,
-            _ => {
-                return rt
-                    .policy
-                    .authorize(&m, req.uri.path(), req.uri.query(), None)
+            Some(m) if m.is_public() || token.is_none() => {
+                return Evaluated::Decision(rt.policy.authorize(m, path, query, None))
             }
+            Some(_) => {}
+            None => {
+                // Public FHIR interactions (SMART-SEMANTICS §9: GET metadata, the SMART
+                // configuration) pass without looking at a token; the engine says which.
+                let reads = matches!(req.method, http::Method::GET | http::Method::HEAD);
+                if token.is_none() || reads {
+                    let probe = evaluate(&rt.policy, &facts(None), None);
+                    match probe {
+                        Evaluated::NeedsBody { .. } if token.is_none() => {
+                            // Not public, and no token: refused without reading the body.
+                            return deny(Denial::new(
+                                DenyReason::MissingToken,
+                                "this request requires a bearer token",
+                            ));
+                        }
+                        _ if token.is_none() => return probe,
+                        Evaluated::Decision(Decision::Allow(_)) => return probe,
+                        Evaluated::Verdict(v) if v.decision.permit().is_some() => {
+                            return Evaluated::Verdict(v)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let Some(token) = token else {
+            // Unreachable: every token-less request returned above.
+            return deny(Denial::new(
+                DenyReason::MissingToken,
+                "this request requires a bearer token",
+            ));
         };
         match self.auth.authenticate(token).await {
             Ok(principal) => {
-                let req = session.req_header();
-                let d = rt
-                    .policy
-                    .authorize(&m, req.uri.path(), req.uri.query(), Some(&principal));
-                // Client and subject quotas count only what the policy would forward.
-                let d = match d {
-                    Decision::Allow(permit) => {
-                        let keys = RequestKeys {
-                            principal: Some(&principal),
-                            ..keys
-                        };
-                        match rt.limiter.check_after_auth(&keys).await {
-                            Ok(admitted) => {
-                                ctx.limits.admit(admitted);
-                                Decision::Allow(permit)
-                            }
-                            Err(limited) => Decision::Deny(
-                                ctx.limits
-                                    .refuse(limited)
-                                    .on_route(m.route_id().clone(), m.required().clone()),
-                            ),
-                        }
-                    }
-                    deny => deny,
-                };
+                // A page link serves the caller whose search produced it (module paging).
+                if ctx
+                    .page_of
+                    .as_ref()
+                    .is_some_and(|p| !p.belongs_to(&principal))
+                {
+                    ctx.page_of = None;
+                }
+                let evaluated =
+                    evaluate(&rt.policy, &facts(ctx.page_of.as_deref()), Some(&principal));
                 ctx.principal = Some(principal);
-                d
+                evaluated
             }
             Err(e) => {
                 let reason = if e.is_unavailable() {
@@ -203,12 +294,530 @@ impl Gateway {
                 } else {
                     DenyReason::InvalidToken { cause: e.code() }
                 };
-                Decision::Deny(
-                    Denial::new(reason, e.to_string())
-                        .on_route(m.route_id().clone(), m.required().clone()),
-                )
+                deny(on_route(Denial::new(reason, e.to_string())))
             }
         }
+    }
+
+    /// Client and subject quotas: they count only what the policy would forward.
+    async fn limit_after_auth(
+        &self,
+        session: &Session,
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+        decision: Decision,
+    ) -> Decision {
+        let (Decision::Allow(permit), Some(principal)) = (&decision, ctx.principal.clone()) else {
+            return decision;
+        };
+        let req = session.req_header();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let keys = RequestKeys {
+            method: &req.method,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            route: permit.route_id(),
+            address: rt.limiter.client_address(peer, &req.headers),
+            principal: Some(&principal),
+        };
+        match rt.limiter.check_after_auth(&keys).await {
+            Ok(admitted) => {
+                ctx.limits.admit(admitted);
+                decision
+            }
+            Err(limited) => {
+                let route = permit.route_id_arc().clone();
+                let required: Arc<str> = permit.required().into();
+                Decision::Deny(ctx.limits.refuse(limited).on_route(route, required))
+            }
+        }
+    }
+
+    /// Reads the body the engine asked for and decides again with it. A body that cannot
+    /// be read is refused here (413 over the bound, 400 malformed length, 408 too slow).
+    async fn decide_with_body(
+        &self,
+        session: &mut Session,
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+        max: usize,
+    ) -> Result<Evaluated, (Denial, Answer)> {
+        let body = match body::read(session, max).await {
+            Ok(b) => b,
+            Err(e) => {
+                let (status, code) = match e {
+                    body::BodyError::TooLarge { .. } => (413, "too-costly"),
+                    body::BodyError::BadLength | body::BodyError::Read(_) => (400, "invalid"),
+                    body::BodyError::Timeout => (408, "timeout"),
+                };
+                let denial = Denial::new(DenyReason::BadRequest, e.to_string());
+                let answer = Answer {
+                    status,
+                    www_authenticate: None,
+                    retry_after: None,
+                    issue_code: code,
+                    diagnostics: e.to_string(),
+                };
+                return Err((denial, answer));
+            }
+        };
+        ctx.body = Some(body);
+        let req = session.req_header();
+        let facts = RequestFacts {
+            page_of: ctx.page_of.as_deref(),
+            ..facts_of(req, ctx.body.as_deref())
+        };
+        match evaluate(&rt.policy, &facts, ctx.principal.as_deref()) {
+            // The engine has the whole body; asking again would loop. Fail closed.
+            Evaluated::NeedsBody { .. } => {
+                tracing::error!(request.id = %ctx.request_id, "the FHIR engine asked for the body twice");
+                Err((
+                    Denial::new(DenyReason::BadRequest, "the request could not be decided"),
+                    Answer::internal(),
+                ))
+            }
+            done => Ok(done),
+        }
+    }
+
+    /// Sends a refusal (or any answer fhirwall makes itself) and commits the record first
+    /// under strict durability.
+    async fn send_answer(
+        &self,
+        session: &mut Session,
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+        mut answer: Answer,
+    ) -> pingora::Result<()> {
+        if self.audit.is_strict() {
+            ctx.bytes_out_hint = Some(answer.body().len() as u64);
+            if !self.commit_record(session, ctx, answer.status).await {
+                answer = Self::audit_unavailable(rt);
+            }
+        }
+        // draft-ietf-httpapi-ratelimit-headers-10 §6: the fields accompany a quota's 429,
+        // and other refusals only when configured for every response.
+        let limits = if ctx.limits.refused_quota().is_some() || rt.limiter.headers_on_allowed() {
+            ctx.limits.header_values()
+        } else {
+            None
+        };
+        let extra = match &limits {
+            Some((policy, state)) => {
+                vec![
+                    (RATELIMIT_POLICY, policy.as_str()),
+                    (RATELIMIT, state.as_str()),
+                ]
+            }
+            None => Vec::new(),
+        };
+        answer.write_with(session, &ctx.request_id, &extra).await
+    }
+
+    /// What every response header from upstream gets on its way to the client (streaming
+    /// or not): `X-Request-Id`, the `RateLimit` fields, and under strict durability the
+    /// committed record.
+    async fn finish_response_header(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if ctx
+            .runtime
+            .as_ref()
+            .is_some_and(|rt| rt.limiter.headers_on_allowed())
+        {
+            if let Some((policy, state)) = ctx.limits.header_values() {
+                // Appended, not replaced: limits the backend advertises itself still apply
+                // (draft-ietf-httpapi-ratelimit-headers-10 §7.2), and SF lists may span lines.
+                resp.append_header(RATELIMIT_POLICY, policy)?;
+                resp.append_header(RATELIMIT, state)?;
+            }
+        }
+        // Strict durability: the header (and with it the response) is released only once
+        // the record is on disk. The decision was made in `request_filter`; only the status
+        // and the size are new here.
+        if self.audit.is_strict() {
+            ctx.bytes_out_hint = resp
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .or(Some(0));
+            let status = resp.status.as_u16();
+            if !self.commit_record(session, ctx, status).await {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(503),
+                    "audit record could not be committed",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Forwards an allowed request through [`exchange`] and answers the client, for
+    /// requests pingora's streaming loop cannot carry: a body already read, a response to
+    /// hold and check, a stored version to check first, a filtered batch, the SMART
+    /// configuration. Errors are upstream failures, answered by `fail_to_proxy`.
+    async fn forward_held(
+        &self,
+        session: &mut Session,
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // Out of the context while the exchange borrows it mutably; back for `logging`.
+        let fhir = ctx.fhir.take();
+        let result = self
+            .forward_held_with(session, rt, ctx, fhir.as_ref().map(|f| &f.checks))
+            .await;
+        ctx.fhir = fhir;
+        result
+    }
+
+    async fn forward_held_with(
+        &self,
+        session: &mut Session,
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+        checks: Option<&Checks>,
+    ) -> pingora::Result<()> {
+        let base = rt.policy.fhir().map_or("", |f| f.base_path()).to_owned();
+        let max_response = max_response_bytes(&rt.policy);
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let remember_pages = checks.is_some_and(|c| c.remember_pages);
+
+        // What goes upstream: the client's request (its body exactly as read), narrowed by
+        // the engine's query items, or the batch with only its allowed entries.
+        let mut slots = checks
+            .and_then(|c| c.batch.as_ref())
+            .map(|plan| batch::slots(plan, &rt.realm));
+
+        // Before-checks: the stored version must pass before the write is forwarded
+        // (SMART-SEMANTICS §3.3, A23); in a batch, a failure refuses only its entry.
+        for stored in checks.map_or(&[][..], |c| &c.before[..]) {
+            let entry = stored
+                .entry
+                .filter(|i| slots.as_ref().is_some_and(|s| *i < s.len()));
+            if entry.is_some_and(|i| {
+                matches!(slots.as_ref().map(|s| &s[i]), Some(batch::Slot::Refuse(_)))
+            }) {
+                continue;
+            }
+            let h = exchange::read_header(
+                session.req_header(),
+                &base,
+                &stored.path,
+                &rt.upstream,
+                client.as_ref(),
+                &ctx.request_id,
+            )?;
+            ctx.upstream_sent = Some(Instant::now());
+            let mut up = self.exchanger.send(&rt.upstream, h, None).await?;
+            let status = up.status();
+            ctx.upstream_status = Some(status);
+            let gone = matches!(status, 404 | 410);
+            if gone && entry.is_none() {
+                // The resource does not exist: the backend's answer says so (R4 http.html).
+                return self.relay(session, ctx, up, None).await;
+            }
+            let held = match up.hold(max_response).await {
+                Ok(b) => b,
+                Err(exchange::HoldError::TooLarge) => {
+                    self.exchanger.release(up).await;
+                    let answer = check::too_large(max_response);
+                    match (entry, slots.as_mut()) {
+                        (Some(i), Some(s)) => {
+                            s[i] = batch::Slot::Refuse(answer);
+                            continue;
+                        }
+                        _ => return self.withhold(session, rt, ctx, answer).await,
+                    }
+                }
+                Err(exchange::HoldError::Upstream(e)) => return Err(e),
+            };
+            let header = up.header.clone();
+            self.exchanger.release(up).await;
+            let release = check::judge(status, &held, &stored.check);
+            let answer = match (release, (200..300).contains(&status)) {
+                (Release::Unchanged, true) => continue,
+                (Release::Withhold(a), _) => a,
+                // Neither stored nor checked: the state is unknown, so the write is not
+                // forwarded (fail closed); the backend's error outcome says why.
+                (Release::Unchanged, false) => {
+                    if entry.is_none() {
+                        let header = exchange::framed(header, held.len())?;
+                        return self.send_held(session, ctx, header, held).await;
+                    }
+                    Answer {
+                        status,
+                        www_authenticate: None,
+                        retry_after: None,
+                        issue_code: if gone { "not-found" } else { "exception" },
+                        diagnostics: format!(
+                            "the stored version of {} could not be checked (the FHIR server answered {status})",
+                            stored.path
+                        ),
+                    }
+                }
+            };
+            match (entry, slots.as_mut()) {
+                (Some(i), Some(s)) => s[i] = batch::Slot::Refuse(answer),
+                _ => return self.withhold(session, rt, ctx, answer).await,
+            }
+        }
+
+        let req = session.req_header();
+        let target = upstream_target(req, checks, ctx.page_of.is_some());
+        let body = match (&slots, &ctx.body) {
+            (Some(slots), Some(raw)) if !batch::forwards_all(slots) => {
+                let bundle: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
+                    Error::because(ErrorType::InternalError, "re-reading the batch Bundle", e)
+                })?;
+                match batch::prepare(&bundle, slots) {
+                    Ok(batch::Prepared::Forward(b)) => Some(Bytes::from(
+                        serde_json::to_vec(&b).expect("a JSON value always serializes"),
+                    )),
+                    Ok(batch::Prepared::AnswerHere(response)) => {
+                        // Every entry refused: nothing reaches the backend.
+                        let body = Bytes::from(
+                            serde_json::to_vec(&response).expect("a JSON value always serializes"),
+                        );
+                        let mut header = ResponseHeader::build(200, Some(4))?;
+                        header.insert_header(http::header::CONTENT_TYPE, respond::FHIR_JSON)?;
+                        let header = exchange::framed(header, body.len())?;
+                        return self.send_held(session, ctx, header, body).await;
+                    }
+                    Err(e) => {
+                        return Error::e_because(ErrorType::InternalError, "preparing the batch", e)
+                    }
+                }
+            }
+            (_, raw) => raw.clone(),
+        };
+        let h = exchange::forward_header(
+            req,
+            &target,
+            body.as_ref().map_or(0, Bytes::len),
+            &rt.upstream,
+            client.as_ref(),
+            &ctx.request_id,
+        )?;
+        ctx.upstream_sent = Some(Instant::now());
+        let mut up = self.exchanger.send(&rt.upstream, h, body).await?;
+        ctx.upstream_status = Some(up.status());
+        let status = up.status();
+        let head = session.req_header().method == http::Method::HEAD;
+        let discovery = session.req_header().method == http::Method::GET
+            && discovery::is_discovery(&base, session.req_header().uri.path());
+        let must_hold =
+            discovery || slots.is_some() || checks.is_some_and(|c| c.response.is_some());
+        if !must_hold || head {
+            let remember = self.search_to_remember(session, ctx, remember_pages);
+            return self.relay(session, ctx, up, remember).await;
+        }
+        let limit = if discovery {
+            discovery::MAX_DOCUMENT
+        } else {
+            max_response
+        };
+        let held = match up.hold(limit).await {
+            Ok(b) => b,
+            Err(exchange::HoldError::TooLarge) => {
+                self.exchanger.release(up).await;
+                return self
+                    .withhold(session, rt, ctx, check::too_large(limit))
+                    .await;
+            }
+            Err(exchange::HoldError::Upstream(e)) => return Err(e),
+        };
+        let header = up.header.clone();
+        self.exchanger.release(up).await;
+        let success = (200..300).contains(&status);
+
+        if discovery {
+            let enforced = rt
+                .policy
+                .fhir()
+                .map(|f| f.scopes_supported())
+                .unwrap_or_default();
+            let body = match success.then(|| discovery::rewrite(&held, &enforced)) {
+                // No document upstream: its answer is passed on.
+                None => held,
+                Some(Some(doc)) => Bytes::from(doc),
+                Some(None) => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "the backend's SMART configuration is not a JSON object",
+                    )
+                    .map_err(|mut e| {
+                        e.as_up();
+                        e
+                    })
+                }
+            };
+            let header = exchange::framed(header, body.len())?;
+            return self.send_held(session, ctx, header, body).await;
+        }
+
+        if let (Some(slots), true) = (&slots, success) {
+            let merged = serde_json::from_slice(&held)
+                .map_err(|_| batch::BatchError::Response("not JSON"))
+                .and_then(|v| batch::merge(v, slots));
+            return match merged {
+                Ok(v) => {
+                    let body = Bytes::from(
+                        serde_json::to_vec(&v).expect("a JSON value always serializes"),
+                    );
+                    let header = exchange::framed(header, body.len())?;
+                    self.send_held(session, ctx, header, body).await
+                }
+                Err(e) => {
+                    // A response fhirwall cannot map back cannot be checked: withheld.
+                    tracing::warn!(request.id = %ctx.request_id, error = %e, "batch-response withheld");
+                    self.withhold(
+                        session,
+                        rt,
+                        ctx,
+                        batch::withheld(&crate::policy::smart::Violation(e.to_string())),
+                    )
+                    .await
+                }
+            };
+        }
+
+        let release = match checks.and_then(|c| c.response.as_ref()) {
+            Some(check) => check::judge(status, &held, check),
+            // A failed batch as a whole: its error answer, judged like any other.
+            None => Release::Unchanged,
+        };
+        match release {
+            Release::Unchanged => {
+                if success && remember_pages {
+                    let search = self.search_to_remember(session, ctx, true);
+                    self.remember_links(rt, search, &held);
+                }
+                let header = exchange::framed(header, held.len())?;
+                self.send_held(session, ctx, header, held).await
+            }
+            Release::Withhold(answer) => self.withhold(session, rt, ctx, answer).await,
+        }
+    }
+
+    /// Replaces the upstream's response by `answer` (a failed check; fail closed).
+    async fn withhold(
+        &self,
+        session: &mut Session,
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+        answer: Answer,
+    ) -> pingora::Result<()> {
+        tracing::info!(request.id = %ctx.request_id, "response withheld by a check");
+        ctx.withheld = Some(answer.diagnostics.clone());
+        self.send_answer(session, rt, ctx, answer).await
+    }
+
+    /// Sends a response whose body fhirwall holds.
+    async fn send_held(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut header: ResponseHeader,
+        body: Bytes,
+    ) -> pingora::Result<()> {
+        self.finish_response_header(session, &mut header, ctx)
+            .await?;
+        let head = session.req_header().method == http::Method::HEAD;
+        let empty = body.is_empty() || head;
+        session
+            .write_response_header(Box::new(header), empty)
+            .await?;
+        if !empty {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Streams the upstream's response on as it comes, copying the start of it to find page
+    /// links when `remember` names the search.
+    async fn relay(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut up: Upstreamed,
+        remember: Option<Arc<Remembered>>,
+    ) -> pingora::Result<()> {
+        let mut header = up.header.clone();
+        self.finish_response_header(session, &mut header, ctx)
+            .await?;
+        let head = session.req_header().method == http::Method::HEAD;
+        let mut copy = remember
+            .as_ref()
+            .filter(|_| (200..300).contains(&up.status()))
+            .map(|_| PrefixCopy::default());
+        session
+            .write_response_header(Box::new(header), head)
+            .await?;
+        if !head {
+            while let Some(chunk) = up.next_chunk().await? {
+                if let Some(c) = copy.as_mut() {
+                    c.push(&chunk);
+                }
+                session.write_response_body(Some(chunk), false).await?;
+            }
+            session.write_response_body(None, true).await?;
+        }
+        if let (Some(copy), Some(rt)) = (copy, ctx.runtime.clone()) {
+            self.remember_links(&rt, remember, copy.bytes());
+        }
+        self.exchanger.release(up).await;
+        Ok(())
+    }
+
+    /// The search a response's page links lead back to: the page's own search, or this
+    /// request when the engine marked it `remember_pages`.
+    fn search_to_remember(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        remember_pages: bool,
+    ) -> Option<Arc<Remembered>> {
+        if !remember_pages {
+            return None;
+        }
+        if let Some(p) = &ctx.page_of {
+            return Some(p.clone());
+        }
+        let req = session.req_header();
+        let content_type = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        Remembered::of_search(
+            &req.method,
+            req.uri.path(),
+            req.uri.query(),
+            content_type,
+            ctx.body.as_deref(),
+            ctx.principal.as_deref(),
+        )
+        .map(Arc::new)
+    }
+
+    /// Remembers the page links found at the start of a search response.
+    fn remember_links(&self, rt: &Runtime, search: Option<Arc<Remembered>>, prefix: &[u8]) {
+        let (Some(search), Some(fhir)) = (search, rt.policy.fhir()) else {
+            return;
+        };
+        let base = fhir.base_path();
+        let links = paging::scan_links(prefix)
+            .into_iter()
+            .filter_map(|(_, url)| paging::page_key(&url, base));
+        self.pages.remember(links, &search);
     }
 
     /// Strict durability: writes this request's record (with the status about to be sent)
@@ -321,6 +930,16 @@ impl Gateway {
                 .map(|r| r.policy.version().to_owned())
                 .unwrap_or_default(),
             rate_limit: ctx.limits.audit_note(),
+            explanation: crate::audit::Explanation {
+                granted_by: match decision {
+                    Some(Decision::Allow(p)) if !p.granted_by().is_empty() => {
+                        Some(p.granted_by().to_owned())
+                    }
+                    _ => None,
+                },
+                reasons: ctx.fhir.as_ref().and_then(|f| reasons(&f.trace)),
+                withheld: ctx.withheld.clone(),
+            },
         }
     }
 }
@@ -337,6 +956,11 @@ impl ProxyHttp for Gateway {
             runtime: None,
             principal: None,
             decision: None,
+            fhir: None,
+            body: None,
+            page_of: None,
+            links: None,
+            withheld: None,
             upstream_sent: None,
             upstream_status: None,
             limits: RequestLimits::default(),
@@ -345,8 +969,10 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Decides the request (see [`Gateway::decide`]); a refusal is answered here and ends the
-    /// request (`Ok(true)`).
+    /// Decides the request (see [`Gateway::decide`]), reading the body first when the FHIR
+    /// engine needs it; a refusal is answered here and ends the request (`Ok(true)`), and
+    /// so does a request forwarded through [`exchange`]. Everything else continues on
+    /// pingora's streaming path.
     async fn request_filter(
         &self,
         session: &mut Session,
@@ -361,7 +987,35 @@ impl ProxyHttp for Gateway {
             _ => upstream::new_request_id(),
         };
         ctx.runtime = Some(rt.clone());
-        let decision = self.decide(session, &rt, ctx).await;
+        let mut evaluated = self.decide(session, &rt, ctx).await;
+        if let Evaluated::NeedsBody { max } = evaluated {
+            match self.decide_with_body(session, &rt, ctx, max).await {
+                Ok(e) => evaluated = e,
+                Err((denial, answer)) => {
+                    log_denial(&denial, &ctx.request_id);
+                    ctx.decision = Some(Decision::Deny(denial));
+                    self.send_answer(session, &rt, ctx, answer).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let decision = match evaluated {
+            Evaluated::Decision(d) => d,
+            Evaluated::Verdict(v) => {
+                let v = *v;
+                ctx.fhir = Some(FhirOutcome {
+                    checks: v.checks,
+                    trace: v.trace,
+                });
+                v.decision
+            }
+            // Unreachable: resolved above.
+            Evaluated::NeedsBody { .. } => Decision::Deny(Denial::new(
+                DenyReason::BadRequest,
+                "the request could not be decided",
+            )),
+        };
+        let decision = self.limit_after_auth(session, &rt, ctx, decision).await;
         let denied = match &decision {
             Decision::Deny(d) => {
                 log_denial(d, &ctx.request_id);
@@ -370,36 +1024,19 @@ impl ProxyHttp for Gateway {
             Decision::Allow(_) => None,
         };
         ctx.decision = Some(decision);
-        match denied {
-            Some(mut answer) => {
-                if self.audit.is_strict() {
-                    ctx.bytes_out_hint = Some(answer.body().len() as u64);
-                    if !self.commit_record(session, ctx, answer.status).await {
-                        answer = Self::audit_unavailable(&rt);
-                    }
-                }
-                // draft-ietf-httpapi-ratelimit-headers-10 §6: the fields accompany a quota's 429,
-                // and other refusals only when configured for every response.
-                let limits =
-                    if ctx.limits.refused_quota().is_some() || rt.limiter.headers_on_allowed() {
-                        ctx.limits.header_values()
-                    } else {
-                        None
-                    };
-                let extra = match &limits {
-                    Some((policy, state)) => {
-                        vec![
-                            (RATELIMIT_POLICY, policy.as_str()),
-                            (RATELIMIT, state.as_str()),
-                        ]
-                    }
-                    None => Vec::new(),
-                };
-                answer.write_with(session, &ctx.request_id, &extra).await?;
-                Ok(true)
-            }
-            None => Ok(false),
+        if let Some(answer) = denied {
+            self.send_answer(session, &rt, ctx, answer).await?;
+            return Ok(true);
         }
+        if needs_exchange(session, &rt, ctx) {
+            self.forward_held(session, &rt, ctx).await?;
+            return Ok(true);
+        }
+        let remember = ctx.fhir.as_ref().is_some_and(|f| f.checks.remember_pages);
+        if self.search_to_remember(session, ctx, remember).is_some() {
+            ctx.links = Some(PrefixCopy::default());
+        }
+        Ok(false)
     }
 
     /// Only a request holding a [`crate::policy::Permit`] gets a peer; anything else is an
@@ -431,6 +1068,20 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no runtime in request context");
         };
         let client = session.client_addr().and_then(|a| a.as_inet());
+        let checks = ctx.fhir.as_ref().map(|f| &f.checks);
+        if checks.is_some_and(|c| c.add_query.is_some()) && ctx.page_of.is_none() {
+            // The engine narrows a granular search (`granular_search: narrow`): what is
+            // forwarded is what it decided on.
+            let target = upstream_target(session.req_header(), checks, false);
+            let uri = target
+                .parse()
+                .map_err(|e| Error::because(ErrorType::InternalError, "narrowing the query", e))?;
+            upstream_request.set_uri(uri);
+        }
+        if ctx.links.is_some() {
+            // The start of the body is read for page links: it must arrive uncompressed.
+            upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
+        }
         rt.upstream
             .prepare_request(upstream_request, client, "http", &ctx.request_id)?;
         ctx.upstream_sent = Some(Instant::now());
@@ -444,6 +1095,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         ctx.upstream_status = Some(upstream_response.status.as_u16());
+        if !upstream_response.status.is_success() {
+            // Only a successful search response names pages of the search.
+            ctx.links = None;
+        }
         // `total_timeout` bounds the wait for the response header. A silent upstream is cut
         // by `read_timeout`; one that trickles its header slower than the budget is cut here.
         if let (Some(sent), Some(rt)) = (ctx.upstream_sent, ctx.runtime.as_ref()) {
@@ -465,38 +1120,29 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        if ctx
-            .runtime
-            .as_ref()
-            .is_some_and(|rt| rt.limiter.headers_on_allowed())
-        {
-            if let Some((policy, state)) = ctx.limits.header_values() {
-                // Appended, not replaced: limits the backend advertises itself still apply
-                // (draft-ietf-httpapi-ratelimit-headers-10 §7.2), and SF lists may span lines.
-                upstream_response.append_header(RATELIMIT_POLICY, policy)?;
-                upstream_response.append_header(RATELIMIT, state)?;
+        self.finish_response_header(session, upstream_response, ctx)
+            .await
+    }
+
+    /// Copies the start of a search response (at most [`paging::SCAN_PREFIX`] bytes; the
+    /// body itself streams on untouched) and remembers its page links at the end.
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        if let (Some(copy), Some(chunk)) = (ctx.links.as_mut(), body.as_ref()) {
+            copy.push(chunk);
+        }
+        if end_of_stream {
+            if let (Some(copy), Some(rt)) = (ctx.links.take(), ctx.runtime.clone()) {
+                let search = self.search_to_remember(session, ctx, true);
+                self.remember_links(&rt, search, copy.bytes());
             }
         }
-        // Strict durability: the header (and with it the response) is released only once
-        // the record is on disk. The decision was made in `request_filter`; only the status
-        // and the size are new here.
-        if self.audit.is_strict() {
-            ctx.bytes_out_hint = upstream_response
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .or(Some(0));
-            let status = upstream_response.status.as_u16();
-            if !self.commit_record(session, ctx, status).await {
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(503),
-                    "audit record could not be committed",
-                );
-            }
-        }
-        Ok(())
+        Ok(None)
     }
 
     /// Upstream failures become 502 (unreachable) or 504 (timeout) with an OperationOutcome;
@@ -621,6 +1267,101 @@ impl ProxyHttp for Gateway {
             tracing::error!(request.id = %ctx.request_id, error = %e, "audit record lost");
         }
     }
+}
+
+/// The facts of a request as the client sent it.
+fn facts_of<'a>(req: &'a RequestHeader, body: Option<&'a [u8]>) -> RequestFacts<'a> {
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    RequestFacts {
+        method: &req.method,
+        path: req.uri.path(),
+        query: req.uri.query(),
+        if_none_exist: header("if-none-exist"),
+        content_type: header("content-type"),
+        body,
+        page_of: None,
+    }
+}
+
+/// The route label of a FHIR request before it is decided (per-address quotas): the same
+/// `fhir:<interaction>` the engine's permit carries, from the request line alone.
+fn fhir_label(rt: &Runtime, method: &http::Method, path: &str, query: Option<&str>) -> String {
+    let below = rt
+        .policy
+        .fhir()
+        .and_then(|f| path.strip_prefix(f.base_path()))
+        .unwrap_or(path);
+    let below = if below.is_empty() { "/" } else { below };
+    match crate::policy::fhir::classify(method, below, query) {
+        Ok(f) => format!("fhir:{}", f.interaction.code()),
+        Err(_) => "fhir".to_owned(),
+    }
+}
+
+/// Whether the allowed request must go through [`exchange`] (see
+/// [`Gateway::forward_held`]) rather than pingora's streaming loop.
+fn needs_exchange(session: &Session, rt: &Runtime, ctx: &RequestCtx) -> bool {
+    if ctx.body.is_some() {
+        // pingora does not resend a body consumed in `request_filter`.
+        return true;
+    }
+    let discovery = session.req_header().method == http::Method::GET
+        && rt.policy.fhir().is_some_and(|f| {
+            discovery::is_discovery(f.base_path(), session.req_header().uri.path())
+        });
+    discovery
+        || ctx.fhir.as_ref().is_some_and(|f| {
+            f.checks.response.is_some() || !f.checks.before.is_empty() || f.checks.batch.is_some()
+        })
+}
+
+/// The upstream target: the request's path and query, with the engine's narrowing query
+/// items appended (not to a page request: its search was narrowed when it ran).
+fn upstream_target(req: &RequestHeader, checks: Option<&Checks>, page: bool) -> String {
+    let path = req.uri.path();
+    let add = checks
+        .and_then(|c| c.add_query.as_deref())
+        .filter(|_| !page);
+    match (req.uri.query(), add) {
+        (Some(q), Some(a)) => format!("{path}?{q}&{a}"),
+        (None, Some(a)) => format!("{path}?{a}"),
+        (Some(q), None) => format!("{path}?{q}"),
+        (None, None) => path.to_owned(),
+    }
+}
+
+/// `fhir.paging` of the policy (ttl, max_links).
+fn paging_settings(policy: &Policy) -> (Duration, u64) {
+    policy
+        .fhir()
+        .map_or((DEFAULT_PAGE_TTL, DEFAULT_MAX_LINKS), |f| {
+            (f.paging_ttl(), f.paging_max_links())
+        })
+}
+
+/// `fhir.max_response_bytes` of the policy.
+fn max_response_bytes(policy: &Policy) -> usize {
+    policy
+        .fhir()
+        .map_or(DEFAULT_MAX_RESPONSE, |f| f.max_response_bytes())
+}
+
+/// The trace, short, for the audit record: the findings joined, at most [`MAX_REASONS`].
+fn reasons(trace: &Trace) -> Option<String> {
+    if trace.steps.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for s in &trace.steps {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(&s.finding);
+        if out.len() > MAX_REASONS {
+            break;
+        }
+    }
+    Some(truncate(&out, MAX_REASONS).to_owned())
 }
 
 fn log_denial(d: &Denial, request_id: &str) {

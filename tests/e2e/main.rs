@@ -17,6 +17,7 @@ mod bearer;
 mod check;
 mod default_deny;
 mod explain;
+mod fhir_proxy;
 mod forwarding;
 mod idp_outage;
 mod jwks;
