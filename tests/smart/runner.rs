@@ -473,8 +473,9 @@ impl Table {
             Expect::Allow(status) => {
                 if got.status != *status {
                     return Err(format!(
-                        "expected {status} from the backend, got {}",
-                        got.status
+                        "expected {status} from the backend, got {}: {}",
+                        got.status,
+                        snippet(got)
                     ));
                 }
                 if !own_request_forwarded {
@@ -490,7 +491,11 @@ impl Table {
             }
             Expect::Public(status) => {
                 if got.status != *status {
-                    return Err(format!("expected {status}, got {}", got.status));
+                    return Err(format!(
+                        "expected {status}, got {}: {}",
+                        got.status,
+                        snippet(got)
+                    ));
                 }
                 Ok(())
             }
@@ -501,8 +506,9 @@ impl Table {
             } => {
                 if !statuses.contains(&got.status) {
                     return Err(format!(
-                        "expected a refusal {statuses:?}, got {}",
-                        got.status
+                        "expected a refusal {statuses:?}, got {}: {}",
+                        got.status,
+                        snippet(got)
                     ));
                 }
                 let diagnostics = operation_outcome(got, case.method)?;
@@ -592,6 +598,11 @@ impl Table {
         }
         report(self.name, cases.len(), failures);
     }
+}
+
+/// The start of a response body, for failure messages.
+fn snippet(got: &Exchange) -> String {
+    got.text().chars().take(300).collect()
 }
 
 /// Panics with every failure, if any.
