@@ -21,6 +21,7 @@ mod paging;
 mod paths;
 mod read;
 mod search;
+mod switches;
 mod write;
 
 /// Issue 3 "Must show": a conformance suite of at least 150 cases.
@@ -34,6 +35,7 @@ fn the_suite_has_at_least_150_cases() {
         + operations::cases().len()
         + paths::cases().len()
         + auth::cases().len()
-        + paging::cases().len();
+        + paging::cases().len()
+        + switches::cases().len();
     assert!(total >= 150, "only {total} cases");
 }

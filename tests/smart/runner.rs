@@ -72,8 +72,22 @@ pub enum Expect {
     /// body carries none of the resource (no `secret-`, not this text).
     Withheld(&'static str),
     /// Refused after reading the stored version: 403, the backend got reads but never the
-    /// case's own (write) request.
-    DenyAfterCheck,
+    /// case's own (write) request; with `read`, it must have read the target's stored version
+    /// (the refusal rests on data only the backend has).
+    DenyAfterCheck {
+        /// The stored version must have been read.
+        read: bool,
+    },
+    /// Forwarded with the query narrowed by fhirwall (`granular_search: narrow`): the backend
+    /// received the case's method and path, every query item of the case, and `param=value`.
+    Narrowed {
+        /// Status answered.
+        status: u16,
+        /// The added parameter.
+        param: &'static str,
+        /// Its value (decoded).
+        value: &'static str,
+    },
     /// A batch answered 200 with a batch-response whose entries have these statuses (in the
     /// original order; `400` stands for any 4xx refusal, as the spec only says "its own 4xx
     /// entry"); the backend got one batch with `forwarded` entries (none when 0); the
@@ -277,7 +291,23 @@ impl Case {
 
     /// Expect: refused after the stored version was read (before-check).
     pub fn deny_after_check(mut self) -> Self {
-        self.expect = Expect::DenyAfterCheck;
+        self.expect = Expect::DenyAfterCheck { read: false };
+        self
+    }
+
+    /// Expect: refused after the target's stored version was read (SMART-SEMANTICS A23).
+    pub fn deny_after_read(mut self) -> Self {
+        self.expect = Expect::DenyAfterCheck { read: true };
+        self
+    }
+
+    /// Expect: forwarded with `param=value` added to the query, answered `status`.
+    pub fn narrowed(mut self, status: u16, param: &'static str, value: &'static str) -> Self {
+        self.expect = Expect::Narrowed {
+            status,
+            param,
+            value,
+        };
         self
     }
 
@@ -342,14 +372,19 @@ pub struct Table {
 }
 
 impl Table {
-    /// Starts the stack.
+    /// Starts the stack with `tests/fixtures/smart-policy.yaml`.
     pub async fn start(name: &'static str) -> Table {
+        Table::start_with_policy(name, "smart-policy.yaml").await
+    }
+
+    /// Starts the stack with the policy `tests/fixtures/{policy}`.
+    pub async fn start_with_policy(name: &'static str, policy: &str) -> Table {
         let issuer = TestIssuer::start();
         let backend = FhirBackend::start();
         let gateway = Gateway::builder()
             .upstream(backend.base_url())
             .issuer(&issuer)
-            .policy_file(fixture_path("smart-policy.yaml"))
+            .policy_file(fixture_path(policy))
             .start()
             .await;
         let client = Client::builder(TokioExecutor::new()).build_http();
@@ -550,7 +585,48 @@ impl Table {
                 }
                 Ok(())
             }
-            Expect::DenyAfterCheck => {
+            Expect::Narrowed {
+                status,
+                param,
+                value,
+            } => {
+                if got.status != *status {
+                    return Err(format!(
+                        "expected {status} from the backend, got {}: {}",
+                        got.status,
+                        snippet(got)
+                    ));
+                }
+                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                let wanted = decoded_pairs(query);
+                let forwarded = seen.iter().find(|r| {
+                    r.method.as_str() == case.method && r.path == path && {
+                        let got = decoded_pairs(r.query.as_deref().unwrap_or(""));
+                        wanted.iter().all(|w| got.contains(w))
+                            && got.contains(&((*param).to_owned(), (*value).to_owned()))
+                    }
+                });
+                match forwarded {
+                    Some(_) => Ok(()),
+                    None => Err(format!(
+                        "the backend did not receive `{} {path}` with {wanted:?} and {param}={value} (it saw {:?})",
+                        case.method,
+                        seen.iter().map(|r| format!("{} {}", r.method, r.target)).collect::<Vec<_>>()
+                    )),
+                }
+            }
+            Expect::DenyAfterCheck { read } => {
+                let path = target.split('?').next().unwrap_or_default();
+                if *read
+                    && !seen
+                        .iter()
+                        .any(|r| r.method == http::Method::GET && r.path == path)
+                {
+                    return Err(format!(
+                        "the refusal must rest on the stored version, but `GET {path}` was not sent (the backend saw {:?})",
+                        seen.iter().map(|r| format!("{} {}", r.method, r.target)).collect::<Vec<_>>()
+                    ));
+                }
                 if got.status != 403 {
                     return Err(format!(
                         "expected 403 after the stored-version check, got {}",
@@ -598,6 +674,23 @@ impl Table {
         }
         report(self.name, cases.len(), failures);
     }
+}
+
+/// Query items, percent-decoded (`+` is a space in forms).
+fn decoded_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 /// The start of a response body, for failure messages.

@@ -92,7 +92,7 @@ pub fn cases() -> Vec<Case> {
         case("patient update of the own Observation", "SAL2 u = update; SMART-SEMANTICS 3.3 stored version + body")
             .scopes("patient/Observation.u").patient("123").put("/Observation/obs-1").json(observation_with_id("obs-1", "Patient/123")).allow(200),
         case("patient update of another patient's Observation", "SMART-SEMANTICS 3.3 / A23: upstream read of the current version")
-            .scopes("patient/Observation.u").patient("123").put("/Observation/obs-a").json(observation_with_id("obs-a", "Patient/123")).deny_after_check(),
+            .scopes("patient/Observation.u").patient("123").put("/Observation/obs-a").json(observation_with_id("obs-a", "Patient/123")).deny_after_read(),
         case("patient update moving the own Observation away", "SMART-SEMANTICS 3.3: the updated body must reference P")
             .scopes("patient/Observation.u").patient("123").put("/Observation/obs-1").json(observation_with_id("obs-1", "Patient/456")).deny_after_check(),
         case("update needs u, c is not enough", "SMART-SEMANTICS 4: upsert also needs u")
@@ -109,7 +109,7 @@ pub fn cases() -> Vec<Case> {
         case("patient patch of the own Observation", "SAL2 u = patch; SMART-SEMANTICS 3.3 stored version")
             .scopes("patient/Observation.u").patient("123").patch("/Observation/obs-1").raw(JSON_PATCH, status_patch()).allow(200),
         case("patient patch of another patient's Observation", "SMART-SEMANTICS 3.3 / A23")
-            .scopes("patient/Observation.u").patient("123").patch("/Observation/obs-a").raw(JSON_PATCH, status_patch()).deny_after_check(),
+            .scopes("patient/Observation.u").patient("123").patch("/Observation/obs-a").raw(JSON_PATCH, status_patch()).deny_after_read(),
         case("patient patch moving the subject away", "SMART-SEMANTICS 4: the result of a patch must stay in the compartment")
             .scopes("patient/Observation.u").patient("123").patch("/Observation/obs-1")
             .raw(JSON_PATCH, br#"[{"op":"replace","path":"/subject/reference","value":"Patient/456"}]"#.to_vec()).deny_after_check(),
@@ -119,7 +119,7 @@ pub fn cases() -> Vec<Case> {
         case("patient delete of the own Observation", "SAL2 d = delete; SMART-SEMANTICS 3.3 stored version")
             .scopes("patient/Observation.d").patient("123").delete("/Observation/obs-1").allow(200),
         case("patient delete of another patient's Observation", "SMART-SEMANTICS 3.3 / A23")
-            .scopes("patient/Observation.d").patient("123").delete("/Observation/obs-a").deny_after_check(),
+            .scopes("patient/Observation.d").patient("123").delete("/Observation/obs-a").deny_after_read(),
         case("user delete of any Observation", "SMART-SEMANTICS 2")
             .scopes("user/Observation.d").delete("/Observation/obs-a").allow(200),
         case("delete needs d", "SAL2 §scopes")
