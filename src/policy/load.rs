@@ -134,10 +134,12 @@ pub(super) fn compile(src: &str, file: &Path) -> Result<Policy, Diagnostics> {
     let mut trie = Trie::new();
     let mut routes: Vec<Route> = Vec::with_capacity(candidates.len());
     let mut marks: Vec<Mark> = Vec::with_capacity(candidates.len());
+    let mut shapes: Vec<(Pattern, Vec<usize>, String)> = Vec::with_capacity(candidates.len());
     for c in candidates {
         let idx = routes.len() as u32;
         match trie.insert(&c.pattern, &c.methods, idx) {
             Ok(()) => {
+                shapes.push((c.pattern.clone(), c.methods.clone(), c.key.clone()));
                 lint(&mut r, &c);
                 if fhir.is_some() {
                     lint_fhir_route(&mut r, &c, base.as_ref());
@@ -159,6 +161,8 @@ pub(super) fn compile(src: &str, file: &Path) -> Result<Policy, Diagnostics> {
             }
         }
     }
+
+    lint_shadowed(&mut r, &trie, &routes, &marks, &shapes);
 
     // Quotas may name routes; every route id is known once the routes are read (a quota
     // naming a route that failed to compile is reported too, which is harmless).
@@ -610,6 +614,7 @@ fn fhir_section(r: &mut Reader<'_>, node: &Node, base: &str) -> Option<FhirSecti
             if let Some(pn) = pm.get("parameters") {
                 if let Some(items) = r.strings(pn, "fhir.paging.parameters") {
                     page_parameters.clear();
+                    let listed = items.len();
                     for (i, (name, item)) in items.into_iter().enumerate() {
                         let valid = !name.is_empty()
                             && name
@@ -625,7 +630,7 @@ fn fhir_section(r: &mut Reader<'_>, node: &Node, base: &str) -> Option<FhirSecti
                             );
                         }
                     }
-                    if page_parameters.is_empty() {
+                    if listed == 0 {
                         r.error(
                             pn.mark,
                             "fhir.paging.parameters",
@@ -913,4 +918,112 @@ fn lint_fhir_route(r: &mut Reader<'_>, c: &Candidate, base: Option<&Pattern>) {
             ),
         );
     }
+}
+
+/// Most routes for which shadowing is checked (the check is quadratic).
+const SHADOW_LINT_MAX_ROUTES: usize = 500;
+
+/// Warns about a route that allows a method on paths where a more specific route wins the
+/// match but does not allow that method: those requests are refused (the most specific
+/// pattern decides, [`Policy::route`]), so the first route is never reached for them.
+fn lint_shadowed(
+    r: &mut Reader<'_>,
+    trie: &Trie,
+    routes: &[Route],
+    marks: &[Mark],
+    shapes: &[(Pattern, Vec<usize>, String)],
+) {
+    if shapes.len() > SHADOW_LINT_MAX_ROUTES {
+        return;
+    }
+    for (i, (pattern, methods, key)) in shapes.iter().enumerate() {
+        for (j, (other, other_methods, _)) in shapes.iter().enumerate() {
+            if i == j || literal_carve_out(pattern, methods, other, other_methods) {
+                continue;
+            }
+            let sample = sample_path(other);
+            if !pattern_matches(pattern, &sample) {
+                continue;
+            }
+            let Some(found) = trie.find(&sample) else {
+                continue;
+            };
+            let lost: Vec<&str> = methods
+                .iter()
+                .filter(|&&m| found.route_for(m).is_none())
+                .map(|&m| METHODS[m])
+                .collect();
+            if lost.is_empty() || found.route_for(methods[0]) == Some(i as u32) {
+                continue;
+            }
+            r.warning(
+                marks[i],
+                key,
+                format!(
+                    "route `{}` is shadowed on `{}` paths: route `{}` matches them more specifically but does not allow {}, so those requests are refused",
+                    routes[i].id,
+                    other.shape(),
+                    routes[j].id,
+                    lost.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// True when `other` only puts literals where `pattern` has parameters and allows none of
+/// its methods: a deliberate carve-out (`/reports/export` is not the report `export`), not
+/// a forgotten method.
+fn literal_carve_out(
+    pattern: &Pattern,
+    methods: &[usize],
+    other: &Pattern,
+    other_methods: &[usize],
+) -> bool {
+    let (a, b) = (pattern.segments(), other.segments());
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x == y || matches!((x, y), (Segment::Param(_), Segment::Literal(_))))
+        && !methods.iter().any(|m| other_methods.contains(m))
+}
+
+/// A path the pattern matches: each parameter and tail replaced by one segment.
+fn sample_path(p: &Pattern) -> String {
+    let mut out = String::new();
+    for seg in p.segments() {
+        out.push('/');
+        match seg {
+            Segment::Literal(l) => out.push_str(l),
+            Segment::Param(_) | Segment::Tail(_) => out.push_str("fhirwall-lint-sample"),
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// True when `p` matches `path` on its own (literal, one-segment parameter, tail).
+fn pattern_matches(p: &Pattern, path: &str) -> bool {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let pat = p.segments();
+    let mut i = 0;
+    for (k, seg) in pat.iter().enumerate() {
+        match seg {
+            Segment::Tail(_) => return k == pat.len() - 1 && i < segs.len(),
+            Segment::Literal(l) => {
+                if segs.get(i) != Some(&&**l) {
+                    return false;
+                }
+            }
+            Segment::Param(_) => {
+                if i >= segs.len() {
+                    return false;
+                }
+            }
+        }
+        i += 1;
+    }
+    i == segs.len()
 }

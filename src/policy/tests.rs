@@ -756,3 +756,219 @@ fn policies_and_matches_can_cross_threads_and_awaits() {
     send_sync::<RouteMatch<'static>>();
     send_sync::<Decision>();
 }
+
+// --- the `fhir:` section and its lint ---
+
+fn warnings(src: &str) -> Vec<String> {
+    let p = Policy::parse(src, Path::new("p.yaml")).unwrap_or_else(|d| panic!("{d}"));
+    p.warnings()
+        .0
+        .iter()
+        .map(|d| format!("{}:{} {} | {}", d.line, d.col, d.key, d.message))
+        .collect()
+}
+
+#[test]
+fn every_bad_fhir_key_is_reported_with_its_position_and_key() {
+    let src = "\
+version: 1
+base_path: /fhir
+fhir:
+  version: R5
+  patient_scopes_outside_compartmnt: deny
+  granular_search: filter
+  max_body_bytes: 0
+  server_urls: [ftp://x]
+  paging:
+    ttl: 0s
+    max_links: 0
+    parameters: ['a b']
+  operations:
+    - name: $validate
+      level: system
+      types: [Observation]
+      methods: [PUT]
+      scopes: { any_of: [user/Observation.r] }
+    - name: graphql
+      level: galaxy
+      scopes: {}
+routes: []
+";
+    assert_eq!(
+        errors(src),
+        [
+            "4:12 fhir.version | unsupported FHIR version `R5`; this fhirwall enforces R4",
+            "5:3 fhir.patient_scopes_outside_compartmnt | unknown key `patient_scopes_outside_compartmnt`; did you mean `patient_scopes_outside_compartment`?",
+            "6:20 fhir.granular_search | unknown value `filter`; expected one of: deny, narrow",
+            "7:19 fhir.max_body_bytes | must be a byte count above zero",
+            "8:17 fhir.server_urls[0] | `ftp://x` is not an absolute http(s) base URL without query or fragment",
+            "10:10 fhir.paging.ttl | the ttl must be above zero",
+            "11:16 fhir.paging.max_links | must be at least 1",
+            "12:18 fhir.paging.parameters[0] | invalid query parameter name `a b`",
+            "14:13 fhir.operations[0].name | invalid operation name `$validate` (write it without `$`, e.g. `validate`)",
+            "16:7 fhir.operations[0].types | a system-level operation has no types",
+            "17:17 fhir.operations[0].methods[0] | `PUT`: operations are invoked with GET or POST, each listed once",
+            "20:14 fhir.operations[1].level | unknown value `galaxy`; expected one of: system, type, instance",
+            "21:15 fhir.operations[1].scopes | list at least one scope in `any_of` or `all_of`",
+        ]
+    );
+}
+
+#[test]
+fn a_fhir_section_needs_its_version() {
+    let e = errors("version: 1\nbase_path: /fhir\nfhir: {}\nroutes: []\n");
+    assert_eq!(e, ["3:7 fhir.version | missing required key `version`"]);
+}
+
+#[test]
+fn a_fhir_section_compiles_its_settings_and_defaults() {
+    let p = Policy::parse(
+        "version: 1\nbase_path: /fhir\nfhir:\n  version: R4\n  granular_search: narrow\n  server_urls: [https://ehr.example.org/fhir/]\n  paging: { parameters: [_getpages, page], ttl: 5m, max_links: 10 }\nroutes: []\n",
+        Path::new("p.yaml"),
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let f = p.fhir().unwrap();
+    assert_eq!(f.base_path(), "/fhir");
+    assert_eq!(f.granular_search(), smart::GranularSearch::Narrow);
+    assert_eq!(f.outside_compartment(), smart::OutsideCompartment::Allow);
+    assert_eq!(&*f.server_urls()[0], "https://ehr.example.org/fhir");
+    assert_eq!(f.page_parameters().len(), 2);
+    assert_eq!(f.paging_ttl(), std::time::Duration::from_secs(300));
+    assert_eq!(f.paging_max_links(), 10);
+    assert!(p.warnings().0.is_empty(), "{}", p.warnings());
+}
+
+#[test]
+fn lint_warns_about_broad_grants_routes_that_bypass_the_engine_and_scopes_never_needed() {
+    let src = "\
+version: 1
+base_path: /fhir
+fhir:
+  version: R4
+  operations:
+    - name: purge
+      level: instance
+      scopes: { any_of: [system/*.*] }
+routes:
+  - id: everything
+    methods: [GET]
+    path: /Patient/{id}/$everything
+    scopes: { any_of: [user/*.cruds] }
+  - id: legacy
+    methods: [GET]
+    path: /legacy
+    scopes: { any_of: [user/Patient.r, user/Patient.rs] }
+";
+    let src = src.replace("path: /legacy", "path: /x");
+    let w = warnings(&src);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("`system/*.*` is a broad grant")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.contains("`user/*.cruds` is a broad grant")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.contains("route `everything` is under the FHIR base")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().any(|w| w.contains("routes[1].scopes.any_of[1]")
+            && w.contains("`user/Patient.rs` is never needed")),
+        "{w:?}"
+    );
+    // Explicit routes under the base are matched first (the route's own rules).
+    let p = Policy::parse(&src, Path::new("p.yaml")).unwrap();
+    let who = principal("user/*.cruds", None);
+    let ok = permit(decide(
+        &p,
+        Method::GET,
+        "/fhir/Patient/1/$everything",
+        Some(&who),
+    ));
+    assert_eq!(ok.route_id(), "everything");
+}
+
+#[test]
+fn explain_reports_the_route_or_engine_decision() {
+    let p = shipped();
+    let who = principal("patient/Observation.rs", Some("123"));
+    let e = p.explain_request(
+        &Method::GET,
+        "https://gw.example.org/fhir/Observation/abc",
+        None,
+        Some(&who),
+    );
+    assert!(e.allowed, "{}", e.text);
+    assert!(e.text.contains("decided by: FHIR engine"), "{}", e.text);
+    assert!(
+        e.text.contains("response body is held and checked"),
+        "{}",
+        e.text
+    );
+    let text = p.explain(&Method::GET, "/elsewhere", None, Some(&who));
+    assert!(text.contains("default deny"), "{text}");
+    let text = p.explain(&Method::GET, "/fhir/../x", None, Some(&who));
+    assert!(text.contains("path safety"), "{text}");
+}
+
+#[test]
+fn lint_warns_about_routes_a_more_specific_route_shadows_for_some_methods() {
+    let src = "\
+version: 1
+routes:
+  - id: anything
+    methods: [GET, DELETE]
+    path: /api/{*rest}
+    scopes: { any_of: [api.read] }
+  - id: item-update
+    methods: [PUT]
+    path: /api/items/{id}
+    scopes: { any_of: [api.write] }
+  - id: item-read
+    methods: [GET, PUT]
+    path: /api/other/{id}
+    scopes: { any_of: [api.read] }
+";
+    let w = warnings(src);
+    assert!(
+        w.iter().any(|w| w.contains(
+            "route `anything` is shadowed on `/api/items/{}` paths: route `item-update` matches them more specifically but does not allow GET, DELETE"
+        )),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().any(|w| w.contains("route `anything` is shadowed on `/api/other/{}` paths: route `item-read` matches them more specifically but does not allow DELETE")),
+        "{w:?}"
+    );
+    assert_eq!(w.len(), 2, "{w:?}");
+    // The warning is true: GET /api/items/1 has no route.
+    let p = Policy::parse(src, Path::new("p.yaml")).unwrap();
+    let who = principal("api.read", None);
+    assert_eq!(
+        denial(decide(&p, Method::GET, "/api/items/1", Some(&who))).reason,
+        DenyReason::NoRoute
+    );
+    permit(decide(&p, Method::GET, "/api/items/1/x", Some(&who)));
+}
+
+#[test]
+fn a_literal_carve_out_with_other_methods_is_not_reported_as_shadowing() {
+    let src = "\
+version: 1
+routes:
+  - id: report-read
+    methods: [GET]
+    path: /reports/{id}
+    scopes: { any_of: [reports.read] }
+  - id: report-export
+    methods: [POST]
+    path: /reports/export
+    scopes: { any_of: [reports.export] }
+";
+    assert!(warnings(src).is_empty(), "{:?}", warnings(src));
+}

@@ -933,3 +933,63 @@ fn a_search_form_adds_its_parameters() {
     let mut r = classify(&Method::POST, "Observation/_search", None).unwrap();
     assert!(r.add_search_form("_query=x").is_err());
 }
+
+#[test]
+fn search_parameters_are_kept_decoded_in_order() {
+    let r = classify(
+        &Method::GET,
+        "Observation",
+        Some("patient=Patient%2F123&category=a%7Cb&code=x+y"),
+    )
+    .unwrap();
+    let got: Vec<(&str, &str)> = r.params.iter().map(|p| (&*p.name, &*p.value)).collect();
+    assert_eq!(
+        got,
+        [
+            ("patient", "Patient/123"),
+            ("category", "a|b"),
+            ("code", "x y")
+        ]
+    );
+    let mut r = classify(&Method::POST, "Observation/_search", Some("patient=1")).unwrap();
+    r.add_search_form("code=2").unwrap();
+    assert_eq!(r.params.len(), 2);
+}
+
+#[test]
+fn operations_keep_their_raw_query_for_the_operation_table() {
+    let r = classify(&Method::GET, "$export", Some("_type=Patient,Observation")).unwrap();
+    assert_eq!(r.raw_query.as_deref(), Some("_type=Patient,Observation"));
+    assert!(r.params.is_empty());
+    let ps = query_params("_type=Patient%2CObservation&_since=2020").unwrap();
+    assert_eq!(&*ps[0].value, "Patient,Observation");
+    assert!(query_params("a=%FF").is_err());
+}
+
+#[test]
+fn chains_follow_the_target_types_link_by_link() {
+    // Observation.subject -> {Group, Device, Patient, Location}; then `organization` on
+    // those that have it.
+    let r = classify(
+        &Method::GET,
+        "Observation",
+        Some("subject:Patient.organization.name=x"),
+    )
+    .unwrap();
+    assert_eq!(
+        render(Ok(r)),
+        "SearchType Observation.s Patient.s Organization.s"
+    );
+    // `_has` inner chains are evaluated on the `_has` type.
+    let r = classify(
+        &Method::GET,
+        "Patient",
+        Some("_has:Observation:patient:performer.name=x"),
+    )
+    .unwrap();
+    assert!(
+        render(Ok(r.clone())).starts_with("SearchType Patient.s Observation.s Practitioner.s"),
+        "{}",
+        render(Ok(r))
+    );
+}

@@ -238,11 +238,7 @@ impl<'a> Engine<'a> {
         // them up first and assesses the original search instead).
         if below.trim_start_matches('/').is_empty() {
             if let Some(q) = req.query {
-                let page = q.split('&').any(|pair| {
-                    let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-                    sec.page_parameters.iter().any(|p| **p == *name)
-                });
-                if page {
+                if self.is_page_link(q) {
                     self.trace.step(
                         R_PAGING,
                         "a page link at the base that is not a remembered search's",
@@ -383,6 +379,19 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// True when a query at the base carries a page parameter (names compared after
+    /// percent-decoding, as the server reads them). An unreadable query is left to the
+    /// classifier, which refuses it.
+    fn is_page_link(&self, q: &str) -> bool {
+        let params = self.sec.page_parameters.iter();
+        match fhir::query_params(q) {
+            Ok(ps) => ps
+                .iter()
+                .any(|p| params.clone().any(|name| **name == *p.name)),
+            Err(_) => false,
+        }
+    }
+
     /// A create/update body: JSON, a resource of the URL's type, and for an update the
     /// URL's id (R4 http.html#update: "the request body SHALL be a Resource with an id
     /// element that has an identical value to the [id] in the URL").
@@ -463,6 +472,18 @@ impl<'a> Engine<'a> {
             }
         };
         let mut out = self.evaluate(req, &req.requirements, &judge, &facts, body, opts)?;
+        if out.response.is_some() && !json_format(&req.params) {
+            // The response must be read to be checked; fhirwall reads FHIR JSON only.
+            self.trace.step(
+                R_CLASSIFY,
+                "the response must be checked, and `_format` asks for something other than JSON",
+            );
+            return Err(Denial::new(
+                DenyReason::BadRequest,
+                "this response is checked by fhirwall, which needs it as JSON: remove `_format` or ask for json",
+            )
+            .on_route(self.sec.route_id(code_of(req)), Arc::from(out.required)));
+        }
         out.remember_pages = matches!(
             req.interaction,
             Interaction::SearchType
@@ -641,7 +662,69 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        if r.conds.is_empty()
+            && r.whys.contains(&Why::GranularNotNarrowed)
+            && judge == Judge::Search
+            && is_primary_search(facts.req, target)
+        {
+            if let Some(grants) = self.granular_union(principal, target, facts, body) {
+                r.conds = grants.into_iter().map(|i| (i, Cond::Free)).collect();
+            }
+        }
         r
+    }
+
+    /// SMART-SEMANTICS §6 item 2 [interpretation]: a comma list on one parameter whose
+    /// values come from several granted single-item granular scopes on that parameter is
+    /// covered by their union. Returns the grants used.
+    fn granular_union(
+        &self,
+        principal: &Principal,
+        target: ScopeType,
+        facts: &Facts<'_>,
+        body: Body<'_>,
+    ) -> Option<Vec<usize>> {
+        // Usable single-item granular `s` grants on the type: (index, name, decoded value).
+        let mut items: Vec<(usize, &str, String)> = Vec::new();
+        for (i, g) in principal.scopes.resource_scopes() {
+            let Some(q) = g.query() else { continue };
+            if !g.resource().covers(target) || !g.letters().contains(Letters::S) {
+                continue;
+            }
+            let usable = match g.context() {
+                Context::User | Context::System => true,
+                Context::Patient => matches!(
+                    self.patient_cond(Judge::Search, target, Letters::S, facts, body),
+                    Ok(Cond::Free)
+                ),
+            };
+            let mut pairs = q.pairs();
+            if let (true, Some((n, v)), None) = (usable, pairs.next(), pairs.next()) {
+                let v = percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                items.push((i, n, v));
+            }
+        }
+        for p in &facts.req.params {
+            let values: Vec<&str> = p.value.split(',').collect();
+            let mut used = Vec::new();
+            let covered = values.iter().all(|v| {
+                match items.iter().find(|(_, n, iv)| *n == &*p.name && iv == v) {
+                    Some((i, _, _)) => {
+                        if !used.contains(i) {
+                            used.push(*i);
+                        }
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if covered && !used.is_empty() {
+                return Some(used);
+            }
+        }
+        None
     }
 
     /// SMART-SEMANTICS §3.3 and §3.4 for a `patient/` grant.
@@ -802,7 +885,7 @@ impl<'a> Engine<'a> {
                     && opts.narrow_allowed
                     && matches!(cond, Cond::Free)
                 {
-                    Ok(Cond::Narrow(q.as_str().into()))
+                    Ok(Cond::Narrow(encode_query(q)))
                 } else {
                     Err(Why::GranularNotNarrowed)
                 }
@@ -846,7 +929,8 @@ impl<'a> Engine<'a> {
                 && r.types
                     .as_ref()
                     .is_none_or(|ts| t.is_some_and(|t| ts.contains(&t)))
-                && r.methods.contains(opts.method)
+                && (r.methods.contains(opts.method)
+                    || (opts.method == Method::HEAD && r.methods.contains(&Method::GET)))
         });
         if let Some(rule) = configured {
             return self.configured_operation(req, rule);
@@ -1163,6 +1247,12 @@ impl<'a> Engine<'a> {
         if let Err(e) = crate::policy::path::check(&full) {
             return refuse(DenyReason::UnsafePath, format!("the entry's URL: {e}"));
         }
+        if path.is_empty() && query.is_some_and(|q| self.is_page_link(q)) {
+            return refuse(
+                DenyReason::NoRoute,
+                "page links are not accepted inside a Bundle".into(),
+            );
+        }
         if path == ".well-known/smart-configuration" || path == "metadata" {
             return refuse(
                 DenyReason::BadRequest,
@@ -1231,10 +1321,15 @@ impl<'a> Engine<'a> {
         let mut needed = String::new();
         let mut detail = String::new();
         for (target, letters, whys) in missing {
-            if !needed.is_empty() {
-                needed.push(' ');
+            // Letters held but unusable only for the patient context are not fixed by
+            // asking for the same scope again; the others are.
+            let scope_fixes = whys.is_empty() || whys.iter().any(|w| !w.is_patient());
+            if scope_fixes {
+                if !needed.is_empty() {
+                    needed.push(' ');
+                }
+                let _ = write!(needed, "{family}/{target}.{letters}");
             }
-            let _ = write!(needed, "{family}/{target}.{letters}");
             if !detail.is_empty() {
                 detail.push_str("; ");
             }
@@ -1524,6 +1619,43 @@ fn join_unique(mut acc: String, s: &str) -> String {
         }
     }
     acc
+}
+
+/// True unless a `_format` parameter asks for a non-JSON representation.
+fn json_format(params: &[fhir::SearchParam]) -> bool {
+    params
+        .iter()
+        .filter(|p| &*p.name == "_format")
+        .all(|p| p.value.contains("json"))
+}
+
+/// Percent-encodes a granular query for appending to a URL: items stay `name=value` joined
+/// by `&`; everything but unreserved characters and `:` `/` inside names and values is
+/// encoded (`|` becomes `%7C`).
+fn encode_query(q: &GranularQuery) -> Box<str> {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b':')
+        .remove(b'/');
+    let mut out = String::new();
+    for (n, v) in q.pairs() {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        // Scope values may already carry percent-encoding; decode once, encode once.
+        let n = percent_encoding::percent_decode_str(n).decode_utf8_lossy();
+        let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+        let _ = write!(
+            out,
+            "{}={}",
+            percent_encoding::utf8_percent_encode(&n, SET),
+            percent_encoding::utf8_percent_encode(&v, SET)
+        );
+    }
+    out.into_boxed_str()
 }
 
 /// The media type of a Content-Type value, without parameters.

@@ -262,6 +262,9 @@ const CASES: &[Case] = &[
     ("granular search not narrowed (A5)", Some(LAB), P, "GET", "/fhir/Observation?patient=123", None, "deny insufficient_scope"),
     ("granular search with code only (A6)", Some(LAB), P, "GET", "/fhir/Observation?patient=123&category=laboratory", None, "deny insufficient_scope"),
     ("granular search with another category in a list", Some(LAB), P, "GET", "/fhir/Observation?patient=123&category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory,http://terminology.hl7.org/CodeSystem/observation-category|vital-signs", None, "deny insufficient_scope"),
+    ("granular union: a comma list covered by two granular scopes (§6)", Some("patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"), P, "GET", "/fhir/Observation?patient=123&category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory,http://terminology.hl7.org/CodeSystem/observation-category|vital-signs", None, "allow"),
+    ("granular union does not cover a third value", Some("patient/Observation.rs?category=a|1 patient/Observation.rs?category=a|2"), P, "GET", "/fhir/Observation?patient=123&category=a|1,a|3", None, "deny insufficient_scope"),
+    ("granular union still needs confinement", Some("patient/Observation.rs?category=a|1 patient/Observation.rs?category=a|2"), P, "GET", "/fhir/Observation?category=a|1,a|2", None, "deny patient_context"),
     ("granular read is checked on the response", Some(LAB), P, "GET", "/fhir/Observation/abc", None, "allow response"),
     ("granular user/ read is checked on the response", Some(USER_LAB), NOP, "GET", "/fhir/Observation/abc", None, "allow response"),
     ("resource-level grant makes granular irrelevant", Some("user/Observation.rs user/Observation.rs?category=x|y"), NOP, "GET", "/fhir/Observation?code=1", None, "allow"),
@@ -305,6 +308,11 @@ const CASES: &[Case] = &[
     // --- paging (A22) ---
     ("a page link that is not remembered", Some("user/*.rs"), NOP, "GET", "/fhir?_getpages=abc&_getpagesoffset=10", None, "deny no_route"),
     ("_getpages below the base is an ordinary parameter", Some("user/Observation.s"), NOP, "GET", "/fhir/Observation?_getpages=abc", None, "allow"),
+    ("an encoded page parameter is still a page link", Some("user/*.rs"), NOP, "GET", "/fhir?%5Fgetpages=abc", None, "deny no_route"),
+    ("response checks need JSON", Some("patient/Observation.r"), P, "GET", "/fhir/Observation/abc?_format=xml", None, "deny bad_request"),
+    ("response checks with _format=json", Some("patient/Observation.r"), P, "GET", "/fhir/Observation/abc?_format=application/fhir%2Bjson", None, "allow response"),
+    ("unchecked reads may ask for XML", Some("user/Observation.r"), NOP, "GET", "/fhir/Observation/abc?_format=xml", None, "allow"),
+    ("HEAD of a configured GET operation", Some("patient/Patient.r"), P, "HEAD", "/fhir/Patient/123/$summary", None, "allow"),
     // --- §7 Bundles ---
     ("a Bundle POSTed to the base needs its body", Some("user/*.cruds"), NOP, "POST", "/fhir", None, "needs-body"),
     ("a collection Bundle at the base is refused", Some("user/*.cruds"), NOP, "POST", "/fhir", Some(r#"{"resourceType":"Bundle","type":"collection"}"#), "deny bad_request"),
@@ -409,7 +417,7 @@ fn narrow_mode_appends_the_granular_query_to_searches() {
     assert!(matches!(v.decision, Decision::Allow(_)));
     assert_eq!(
         v.checks.add_query.as_deref(),
-        Some("category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory")
+        Some("category=http://terminology.hl7.org/CodeSystem/observation-category%7Claboratory")
     );
     // Already narrowed: nothing to add.
     let v = verdict(
