@@ -10,6 +10,13 @@
 //! defines them; comma-separated values are alternatives; other parameters are ignored (or
 //! refused with `Prefer: handling=strict`). Failures answer with an OperationOutcome.
 //!
+//! Paging (R4 search.html#count, http.html#paging): a search with `_count=N` answers the
+//! first N matches with a `next` link in HAPI's form, `[base]?_getpages=<id>&_getpagesoffset=
+//! <n>&_count=<N>`, over a snapshot of the result kept for [`PAGE_SETS`] searches. Batches
+//! and transactions (R4 http.html#transaction): `POST [base]` with a `batch` or
+//! `transaction` Bundle of read, search and create entries, answered in entry order; a
+//! transaction with a failing entry fails whole and its creates are undone.
+//!
 //! DEV ONLY: every response carries headers that echo what reached the backend, so demos and
 //! tests can see what the gateway forwarded:
 //! `x-backend-saw-authorization: present|absent`, and, when the request carried them,
@@ -40,6 +47,12 @@ const MAX_BODY: usize = 1024 * 1024;
 
 /// Most resources `create` will hold, so a runaway client cannot exhaust memory.
 const MAX_CREATED: usize = 10_000;
+
+/// Search results kept for paging (oldest dropped first).
+pub const PAGE_SETS: usize = 1000;
+
+/// Largest `_count` honoured.
+const MAX_COUNT: usize = 1000;
 
 /// Debug header: whether an `Authorization` header reached the backend (dev only).
 pub const SAW_AUTHORIZATION: HeaderName = HeaderName::from_static("x-backend-saw-authorization");
@@ -263,6 +276,14 @@ struct Backend {
     capability: Bytes,
     smart_configuration: Bytes,
     store: RwLock<Store>,
+    pages: parking_lot::Mutex<Pages>,
+}
+
+/// Result snapshots of paged searches, by page-set id.
+#[derive(Default)]
+struct Pages {
+    sets: HashMap<String, Arc<Vec<Arc<Value>>>>,
+    order: std::collections::VecDeque<String>,
 }
 
 /// Resources by type, then by id (ordered, so searches answer in a stable order).
@@ -411,6 +432,7 @@ impl Backend {
             capability: capability.into(),
             smart_configuration: smart_configuration.into(),
             store: RwLock::new(store),
+            pages: parking_lot::Mutex::new(Pages::default()),
         }
     }
 
@@ -426,6 +448,13 @@ impl Backend {
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
         let path = req.uri().path();
+        if path == "/fhir" || path == "/fhir/" {
+            return match req.method().clone() {
+                Method::GET => self.page(req.uri().query().unwrap_or("")),
+                Method::POST => self.bundle(req).await,
+                m => Err(Failure::method_not_allowed(&m, "GET, POST")),
+            };
+        }
         let Some(rest) = path.strip_prefix("/fhir/") else {
             return Err(Failure::not_found(format!(
                 "no FHIR endpoint at `{path}`; the base is /fhir"
@@ -489,10 +518,28 @@ impl Backend {
         query: &str,
         strict: bool,
     ) -> Result<Response<Body>, Failure> {
+        Ok(fhir_json(
+            StatusCode::OK,
+            &self.search_bundle(ty, query, strict)?,
+        ))
+    }
+
+    /// The searchset Bundle of a search; with `_count`, its first page and a `next` link.
+    fn search_bundle(&self, ty: ResourceType, query: &str, strict: bool) -> Result<Value, Failure> {
         let params = httputil::parse_form(query).map_err(|e| Failure::invalid(e.to_string()))?;
         let mut criteria = Vec::new();
         let mut applied = Vec::new();
+        let mut count = None;
         for (name, value) in params {
+            if name == "_count" {
+                // R4 search.html#count: the page size.
+                let n: usize = value
+                    .parse()
+                    .map_err(|_| Failure::invalid(format!("`_count={value}` is not a number")))?;
+                count = Some(n.min(MAX_COUNT));
+                applied.push((name, value));
+                continue;
+            }
             match criterion(ty, &name, &value)? {
                 Some(c) => {
                     criteria.push(c);
@@ -526,21 +573,52 @@ impl Backend {
             self_link.push('=');
             self_link.extend(utf8_percent_encode(value, QUERY_VALUE));
         }
+        let matches = Arc::new(matches);
+        let (shown, next) = match count {
+            Some(n) if n < matches.len() => {
+                let id = self.keep_page_set(matches.clone());
+                (n, Some(self.page_url(&id, n, n)))
+            }
+            Some(n) => (n.min(matches.len()), None),
+            None => (matches.len(), None),
+        };
+        Ok(self.searchset(&matches[..shown], matches.len(), self_link, next, None))
+    }
+
+    /// A searchset Bundle with `entries` of a result of `total` matches.
+    fn searchset(
+        &self,
+        entries: &[Arc<Value>],
+        total: usize,
+        self_link: String,
+        next: Option<String>,
+        previous: Option<String>,
+    ) -> Value {
+        // R4 bundle.html: `link` before `entry`, as FHIR JSON is written.
+        let mut links = vec![json!({ "relation": "self", "url": self_link })];
+        if let Some(next) = next {
+            links.push(json!({ "relation": "next", "url": next }));
+        }
+        if let Some(previous) = previous {
+            links.push(json!({ "relation": "previous", "url": previous }));
+        }
         let mut bundle = json!({
             "resourceType": "Bundle",
             "id": random_uuid(),
             "meta": { "lastUpdated": now_instant() },
             "type": "searchset",
-            "total": matches.len(),
-            "link": [{ "relation": "self", "url": self_link }],
+            "total": total,
+            "link": links,
         });
         // FHIR JSON forbids empty arrays: no `entry` when nothing matched.
-        if !matches.is_empty() {
-            let entries: Vec<Value> = matches
+        if !entries.is_empty() {
+            let entries: Vec<Value> = entries
                 .iter()
                 .map(|r| {
+                    let ty = r["resourceType"].as_str().unwrap_or_default();
+                    let id = r["id"].as_str().unwrap_or_default();
                     json!({
-                        "fullUrl": format!("{}/{}/{}", self.info.base_url, ty.name(), r["id"].as_str().unwrap_or_default()),
+                        "fullUrl": format!("{}/{ty}/{id}", self.info.base_url),
                         "resource": r.as_ref(),
                         "search": { "mode": "match" },
                     })
@@ -548,6 +626,72 @@ impl Backend {
                 .collect();
             bundle["entry"] = Value::Array(entries);
         }
+        bundle
+    }
+
+    /// Keeps a result for paging; returns its page-set id.
+    fn keep_page_set(&self, matches: Arc<Vec<Arc<Value>>>) -> String {
+        let id = random_uuid();
+        let mut pages = self.pages.lock();
+        if pages.order.len() >= PAGE_SETS {
+            if let Some(old) = pages.order.pop_front() {
+                pages.sets.remove(&old);
+            }
+        }
+        pages.order.push_back(id.clone());
+        pages.sets.insert(id.clone(), matches);
+        id
+    }
+
+    /// HAPI's page link form.
+    fn page_url(&self, id: &str, offset: usize, count: usize) -> String {
+        format!(
+            "{}?_getpages={id}&_getpagesoffset={offset}&_count={count}&_bundletype=searchset",
+            self.info.base_url
+        )
+    }
+
+    /// `GET [base]?_getpages=<id>&_getpagesoffset=<n>&_count=<N>`: one page of a kept result.
+    fn page(&self, query: &str) -> Result<Response<Body>, Failure> {
+        let params = httputil::parse_form(query).map_err(|e| Failure::invalid(e.to_string()))?;
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let Some(id) = get("_getpages") else {
+            return Err(Failure::invalid(
+                "a request at the base needs `_getpages` (or POST a batch or transaction)".into(),
+            ));
+        };
+        let number = |name: &str, default: usize| -> Result<usize, Failure> {
+            get(name).map_or(Ok(default), |v| {
+                v.parse()
+                    .map_err(|_| Failure::invalid(format!("`{name}={v}` is not a number")))
+            })
+        };
+        let offset = number("_getpagesoffset", 0)?;
+        let count = number("_count", 10)?.clamp(1, MAX_COUNT);
+        let Some(set) = self.pages.lock().sets.get(id).cloned() else {
+            return Err(Failure {
+                status: StatusCode::GONE,
+                code: "not-found",
+                diagnostics: format!("page set `{id}` is unknown or expired; search again"),
+                allow: None,
+            });
+        };
+        let start = offset.min(set.len());
+        let end = (start + count).min(set.len());
+        let next = (end < set.len()).then(|| self.page_url(id, end, count));
+        let previous = (start > 0).then(|| self.page_url(id, start.saturating_sub(count), count));
+        let bundle = self.searchset(
+            &set[start..end],
+            set.len(),
+            self.page_url(id, start, count),
+            next,
+            previous,
+        );
         Ok(fhir_json(StatusCode::OK, &bundle))
     }
 
@@ -579,19 +723,36 @@ impl Backend {
             });
         }
         let prefer_minimal = prefers(req.headers(), "return=minimal");
-        let body = httputil::read_body(req.into_body(), MAX_BODY)
-            .await
-            .map_err(|e| match e {
-                httputil::BodyError::TooLarge { .. } => Failure {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    code: "too-costly",
-                    diagnostics: e.to_string(),
-                    allow: None,
-                },
-                httputil::BodyError::Read(_) => Failure::invalid(e.to_string()),
-            })?;
-        let mut resource: Value = serde_json::from_slice(&body)
-            .map_err(|e| Failure::structure(format!("the body is not valid JSON: {e}")))?;
+        let body = read_json_body(req).await?;
+        let stored = self.create_value(ty, body)?;
+        let location = self.location(&stored);
+        let mut resp = if prefer_minimal {
+            let mut r = Response::new(Body::default());
+            *r.status_mut() = StatusCode::CREATED;
+            r
+        } else {
+            resource_response(StatusCode::CREATED, &stored)
+        };
+        let headers = resp.headers_mut();
+        headers.insert(ETAG, HeaderValue::from_static("W/\"1\""));
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            headers.insert(LOCATION, v);
+        }
+        Ok(resp)
+    }
+
+    /// `Location` of a created resource's first version.
+    fn location(&self, stored: &Value) -> String {
+        format!(
+            "{}/{}/{}/_history/1",
+            self.info.base_url,
+            stored["resourceType"].as_str().unwrap_or_default(),
+            stored["id"].as_str().unwrap_or_default()
+        )
+    }
+
+    /// Validates and stores a new resource of type `ty`, assigning id and meta.
+    fn create_value(&self, ty: ResourceType, mut resource: Value) -> Result<Arc<Value>, Failure> {
         let Some(object) = resource.as_object_mut() else {
             return Err(Failure::structure(
                 "the body must be a JSON object (a FHIR resource)".into(),
@@ -610,49 +771,168 @@ impl Backend {
         meta.insert("versionId".into(), json!("1"));
         meta.insert("lastUpdated".into(), json!(last_updated));
 
-        let stored = {
-            let mut store = self.store.write();
-            if let Some(element) = ty.patient_element() {
-                // Referential integrity, as real servers enforce it: the patient must exist.
-                let reference = object[element]["reference"].as_str().unwrap_or_default();
-                let known = reference
-                    .strip_prefix("Patient/")
-                    .is_some_and(|pid| store.get(ResourceType::Patient, pid).is_some());
-                if !known {
-                    return Err(Failure::invalid(format!(
-                        "`{element}.reference` must name a known Patient (Patient/<id>), got `{reference}`"
-                    )));
+        let mut store = self.store.write();
+        if let Some(element) = ty.patient_element() {
+            // Referential integrity, as real servers enforce it: the patient must exist.
+            let reference = object[element]["reference"].as_str().unwrap_or_default();
+            let known = reference
+                .strip_prefix("Patient/")
+                .is_some_and(|pid| store.get(ResourceType::Patient, pid).is_some());
+            if !known {
+                return Err(Failure::invalid(format!(
+                    "`{element}.reference` must name a known Patient (Patient/<id>), got `{reference}`"
+                )));
+            }
+        }
+        if store.created >= MAX_CREATED {
+            return Err(Failure {
+                status: StatusCode::INSUFFICIENT_STORAGE,
+                code: "too-costly",
+                diagnostics: format!(
+                    "the dev backend holds at most {MAX_CREATED} created resources; restart it"
+                ),
+                allow: None,
+            });
+        }
+        store.created += 1;
+        Ok(store.insert(resource))
+    }
+
+    /// FHIR R4 batch and transaction: `POST [base]` with a Bundle (http.html#transaction).
+    /// Entries are read, search or create; the response has one entry per request entry,
+    /// in order. A transaction with a failing entry fails whole (its creates are undone).
+    async fn bundle(&self, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+        let bundle = read_json_body(req).await?;
+        if bundle["resourceType"] != "Bundle" {
+            return Err(Failure::invalid(
+                "POST at the base takes a batch or transaction Bundle".into(),
+            ));
+        }
+        let transaction = match bundle["type"].as_str() {
+            Some("batch") => false,
+            Some("transaction") => true,
+            other => {
+                return Err(Failure::invalid(format!(
+                    "Bundle.type must be batch or transaction, got {other:?}"
+                )))
+            }
+        };
+        let entries = bundle["entry"].as_array().map_or(&[][..], Vec::as_slice);
+        let mut answered = Vec::with_capacity(entries.len());
+        let mut created: Vec<(ResourceType, String)> = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            match self.entry(entry) {
+                Ok((status, resource, location)) => {
+                    if status == StatusCode::CREATED {
+                        if let (Some(ty), Some(id)) = (
+                            resource["resourceType"]
+                                .as_str()
+                                .and_then(ResourceType::parse),
+                            resource["id"].as_str(),
+                        ) {
+                            created.push((ty, id.to_owned()));
+                        }
+                    }
+                    let mut response = json!({ "status": status_text(status) });
+                    if let Some(location) = location {
+                        response["location"] = json!(location);
+                    }
+                    answered.push(json!({ "response": response, "resource": resource }));
+                }
+                Err(failure) if transaction => {
+                    // R4 http.html#transaction: all or nothing.
+                    let mut store = self.store.write();
+                    for (ty, id) in &created {
+                        store.remove(*ty, id);
+                    }
+                    return Err(Failure {
+                        diagnostics: format!(
+                            "transaction entry {i} failed: {}",
+                            failure.diagnostics
+                        ),
+                        ..failure
+                    });
+                }
+                Err(failure) => answered.push(json!({
+                    "response": {
+                        "status": status_text(failure.status),
+                        "outcome": operation_outcome(failure.code, &failure.diagnostics),
+                    }
+                })),
+            }
+        }
+        let mut response = json!({
+            "resourceType": "Bundle",
+            "id": random_uuid(),
+            "type": if transaction { "transaction-response" } else { "batch-response" },
+        });
+        if !answered.is_empty() {
+            response["entry"] = Value::Array(answered);
+        }
+        Ok(fhir_json(StatusCode::OK, &response))
+    }
+
+    /// One Bundle entry: its status, resource and `Location` (creates).
+    fn entry(&self, entry: &Value) -> Result<(StatusCode, Value, Option<String>), Failure> {
+        let method = entry["request"]["method"].as_str().unwrap_or_default();
+        let url = entry["request"]["url"].as_str().unwrap_or_default();
+        let base = format!("{}/", self.info.base_url);
+        let url = url.strip_prefix(&base).unwrap_or(url);
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let segments: Vec<&str> = path.split('/').collect();
+        match (method, segments.as_slice()) {
+            ("GET", [ty]) => {
+                let ty = resource_type(ty)?;
+                Ok((StatusCode::OK, self.search_bundle(ty, query, false)?, None))
+            }
+            ("GET", [ty, id]) => {
+                let ty = resource_type(ty)?;
+                check_id(id)?;
+                let found = self.store.read().get(ty, id);
+                match found {
+                    Some(r) => Ok((StatusCode::OK, r.as_ref().clone(), None)),
+                    None => Err(Failure::not_found(format!("{}/{id} is not known", ty.name()))),
                 }
             }
-            if store.created >= MAX_CREATED {
-                return Err(Failure {
-                    status: StatusCode::INSUFFICIENT_STORAGE,
-                    code: "too-costly",
-                    diagnostics: format!(
-                        "the dev backend holds at most {MAX_CREATED} created resources; restart it"
-                    ),
-                    allow: None,
-                });
+            ("POST", [ty]) => {
+                let ty = resource_type(ty)?;
+                let stored = self.create_value(ty, entry["resource"].clone())?;
+                let location = self.location(&stored);
+                Ok((StatusCode::CREATED, stored.as_ref().clone(), Some(location)))
             }
-            store.created += 1;
-            store.insert(resource)
-        };
-
-        let location = format!("{}/{}/{id}/_history/1", self.info.base_url, ty.name());
-        let mut resp = if prefer_minimal {
-            let mut r = Response::new(Body::default());
-            *r.status_mut() = StatusCode::CREATED;
-            r
-        } else {
-            resource_response(StatusCode::CREATED, &stored)
-        };
-        let headers = resp.headers_mut();
-        headers.insert(ETAG, HeaderValue::from_static("W/\"1\""));
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            headers.insert(LOCATION, v);
+            _ => Err(Failure::invalid(format!(
+                "`{method} {path}` is not an entry this sample server supports (read, search, create)"
+            ))),
         }
-        Ok(resp)
     }
+}
+
+/// `200 OK`, as Bundle.entry.response.status writes it.
+fn status_text(status: StatusCode) -> String {
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .trim_end()
+    .to_owned()
+}
+
+/// Reads a JSON request body (at most [`MAX_BODY`] bytes).
+async fn read_json_body(req: Request<Incoming>) -> Result<Value, Failure> {
+    let body = httputil::read_body(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| match e {
+            httputil::BodyError::TooLarge { .. } => Failure {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "too-costly",
+                diagnostics: e.to_string(),
+                allow: None,
+            },
+            httputil::BodyError::Read(_) => Failure::invalid(e.to_string()),
+        })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Failure::structure(format!("the body is not valid JSON: {e}")))
 }
 
 // === impl Store ===
@@ -676,6 +956,18 @@ impl Store {
 
     fn get(&self, ty: ResourceType, id: &str) -> Option<Arc<Value>> {
         self.by_type.get(&ty)?.get(id).cloned()
+    }
+
+    /// Undoes a create (a failed transaction).
+    fn remove(&mut self, ty: ResourceType, id: &str) {
+        if self
+            .by_type
+            .get_mut(&ty)
+            .and_then(|m| m.remove(id))
+            .is_some()
+        {
+            self.created = self.created.saturating_sub(1);
+        }
     }
 
     fn all(&self, ty: ResourceType) -> impl Iterator<Item = &Arc<Value>> {
@@ -1183,6 +1475,84 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["resourceType"], "OperationOutcome");
         assert_eq!(body["issue"][0]["code"], "invalid");
+    }
+
+    #[tokio::test]
+    async fn a_search_with_count_pages_through_hapi_style_links() {
+        let s = start().await;
+        let (status, _, first) = s.get("/Observation?patient=pat-2&_count=2").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(first["total"], 5);
+        assert_eq!(ids(&first).len(), 2);
+        let next = first["link"][1]["url"].as_str().unwrap();
+        assert_eq!(first["link"][1]["relation"], "next");
+        assert!(
+            next.starts_with(&format!("{}?_getpages=", s.base)),
+            "{next}"
+        );
+        let mut seen: Vec<String> = ids(&first).iter().map(|i| i.to_string()).collect();
+        let mut url = next.to_owned();
+        loop {
+            let (status, _, page) = s.get(url.strip_prefix(&s.base).unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(page["total"], 5);
+            seen.extend(ids(&page).iter().map(|i| i.to_string()));
+            match page["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["relation"] == "next")
+            {
+                Some(l) => url = l["url"].as_str().unwrap().to_owned(),
+                None => break,
+            }
+        }
+        let (_, _, all) = s.get("/Observation?patient=pat-2").await;
+        let all: Vec<String> = ids(&all).iter().map(|i| i.to_string()).collect();
+        assert_eq!(seen, all, "the pages cover the result once, in order");
+        let (status, _, _) = s.get("?_getpages=unknown&_getpagesoffset=2").await;
+        assert_eq!(status, StatusCode::GONE);
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_answered_entry_by_entry_in_order() {
+        let s = start().await;
+        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": "Patient/pat-1"}},
+            {"request": {"method": "GET", "url": "Patient/nobody"}},
+            {"request": {"method": "GET", "url": "Observation?patient=pat-2"}},
+        ]});
+        let resp = s.client.post(&s.base).json(&bundle).send().await.unwrap();
+        let (status, _, answer) = split(resp).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer["type"], "batch-response");
+        let e = answer["entry"].as_array().unwrap();
+        assert_eq!(e[0]["response"]["status"], "200 OK");
+        assert_eq!(e[0]["resource"]["id"], "pat-1");
+        assert_eq!(e[1]["response"]["status"], "404 Not Found");
+        assert_eq!(
+            e[1]["response"]["outcome"]["resourceType"],
+            "OperationOutcome"
+        );
+        assert_eq!(e[2]["resource"]["total"], 5);
+    }
+
+    #[tokio::test]
+    async fn a_failing_transaction_undoes_its_creates() {
+        let s = start().await;
+        let obs = json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": "Patient/pat-3"}});
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "POST", "url": "Observation"}, "resource": obs},
+            {"request": {"method": "GET", "url": "Patient/nobody"}},
+        ]});
+        let (_, _, before) = s.get("/Observation?patient=pat-3").await;
+        let resp = s.client.post(&s.base).json(&bundle).send().await.unwrap();
+        let (status, _, outcome) = split(resp).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(outcome["resourceType"], "OperationOutcome");
+        let (_, _, after) = s.get("/Observation?patient=pat-3").await;
+        assert_eq!(before["total"], after["total"]);
     }
 
     #[tokio::test]

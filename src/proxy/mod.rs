@@ -246,7 +246,7 @@ impl Gateway {
                 // Public FHIR interactions (SMART-SEMANTICS §9: GET metadata, the SMART
                 // configuration) pass without looking at a token; the engine says which.
                 let reads = matches!(req.method, http::Method::GET | http::Method::HEAD);
-                if token.is_none() || reads {
+                if token.is_none() || (reads && may_be_public(path)) {
                     let probe = evaluate(&rt.policy, &facts(None), None);
                     match probe {
                         Evaluated::NeedsBody { .. } if token.is_none() => {
@@ -1267,6 +1267,13 @@ impl ProxyHttp for Gateway {
             tracing::error!(request.id = %ctx.request_id, error = %e, "audit record lost");
         }
     }
+}
+
+/// Whether a FHIR request can be one of the public interactions (SMART-SEMANTICS §9:
+/// `metadata`, the SMART configuration), so the engine is asked without the token first;
+/// any other request with a token is decided once, with it.
+fn may_be_public(path: &str) -> bool {
+    path.ends_with("/metadata") || path.ends_with(discovery::PATH)
 }
 
 /// The facts of a request as the client sent it.

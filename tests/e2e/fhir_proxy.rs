@@ -362,3 +362,56 @@ async fn the_smart_configuration_advertises_only_what_fhirwall_enforces() {
         json!(["launch-standalone", "permission-v2"])
     );
 }
+
+#[tokio::test]
+async fn an_update_is_forwarded_only_when_the_stored_version_is_the_patients_own() {
+    let stack = stack().await;
+    let token = stack.token("patient/Observation.u", true);
+    let own = observation("o-own", "123");
+    stack.backend.set_reply_for_path(
+        "/fhir/Observation/o-foreign",
+        fhir_reply(200, &observation("o-foreign", "456")),
+    );
+    let put = |id: &str| {
+        stack
+            .client
+            .put(stack.url(&format!("/fhir/Observation/{id}")))
+            .bearer_auth(&token)
+            .header("content-type", FHIR_JSON)
+            .body(observation(id, "123").to_string())
+            .timeout(Duration::from_secs(10))
+            .send()
+    };
+    // Another patient's stored Observation cannot be overwritten with one's own.
+    refusal(put("o-foreign").await.unwrap(), 403, "forbidden").await;
+    let seen = stack.backend.requests();
+    assert_eq!(seen.len(), 1, "only the stored version was read");
+    assert_eq!(seen[0].method, http::Method::GET);
+    assert!(seen[0].body.is_empty());
+
+    stack.backend.clear_requests();
+    stack
+        .backend
+        .set_reply_for_path("/fhir/Observation/o-own", fhir_reply(200, &own));
+    let response = put("o-own").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = stack.backend.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        (&seen[0].method, &seen[1].method),
+        (&http::Method::GET, &http::Method::PUT)
+    );
+    assert_eq!(
+        &seen[1].body[..],
+        observation("o-own", "123").to_string().as_bytes()
+    );
+
+    // A resource that does not exist: the backend's 404 is the answer, nothing is written.
+    stack.backend.clear_requests();
+    stack
+        .backend
+        .set_reply_for_path("/fhir/Observation/absent", Reply::Status(404));
+    let response = put("absent").await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(stack.backend.requests().len(), 1);
+}
