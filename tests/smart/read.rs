@@ -90,7 +90,8 @@ pub fn cases() -> Vec<Case> {
         )
         .scopes("user/Observation.s")
         .get("/Observation/obs-1")
-        .deny(),
+        .deny()
+        .needing("user/Observation.r"),
         case(
             "create-only scope does not read",
             "SAL2: write access does not imply read access",
@@ -115,7 +116,8 @@ pub fn cases() -> Vec<Case> {
         )
         .scopes("user/Observation.write")
         .get("/Observation/obs-a")
-        .deny(),
+        .deny()
+        .needing("user/Observation.r"),
         case("v1 star reads", "SAL2 §scopes v1: .* = .cruds")
             .scopes("user/Observation.*")
             .get("/Observation/obs-a")

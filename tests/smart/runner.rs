@@ -67,6 +67,9 @@ pub enum Expect {
         challenge: Challenge,
         /// Text the OperationOutcome diagnostics must contain (e.g. `entry`).
         mention: Option<&'static str>,
+        /// The challenge's `scope` attribute: the minimal set that would suffice, in the
+        /// token's context (RFC 6750 §3; SMART-SEMANTICS 11 / A18).
+        scope: Option<&'static str>,
     },
     /// Forwarded, but the response failed fhirwall's check: 403 `forbidden` instead, and the
     /// body carries none of the resource (no `secret-`, not this text).
@@ -260,6 +263,7 @@ impl Case {
             statuses,
             challenge,
             mention: None,
+            scope: None,
         };
         self
     }
@@ -279,6 +283,14 @@ impl Case {
     pub fn mentioning(mut self, text: &'static str) -> Self {
         if let Expect::Deny { mention, .. } = &mut self.expect {
             *mention = Some(text);
+        }
+        self
+    }
+
+    /// Adds: the challenge names exactly `needed` as its `scope` attribute.
+    pub fn needing(mut self, needed: &'static str) -> Self {
+        if let Expect::Deny { scope, .. } = &mut self.expect {
+            *scope = Some(needed);
         }
         self
     }
@@ -538,6 +550,7 @@ impl Table {
                 statuses,
                 challenge,
                 mention,
+                scope,
             } => {
                 if !statuses.contains(&got.status) {
                     return Err(format!(
@@ -548,6 +561,14 @@ impl Table {
                 }
                 let diagnostics = operation_outcome(got, case.method)?;
                 check_challenge(got, *challenge)?;
+                if let Some(needed) = scope {
+                    let value = got.header("www-authenticate").unwrap_or_default();
+                    if !value.contains(&format!("scope=\"{needed}\"")) {
+                        return Err(format!(
+                            "the challenge must name scope=\"{needed}\": {value:?}"
+                        ));
+                    }
+                }
                 if let Some(text) = mention {
                     if !diagnostics.contains(text) {
                         return Err(format!(

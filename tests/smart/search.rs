@@ -199,7 +199,8 @@ pub fn cases() -> Vec<Case> {
         .scopes("patient/Observation.r")
         .patient("123")
         .get("/Observation?patient=123")
-        .deny(),
+        .deny()
+        .needing("patient/Observation.s"),
         case(
             "search without read can search",
             "SAL2 §scopes: s alone allows search",
@@ -525,7 +526,8 @@ pub fn cases() -> Vec<Case> {
         )
         .scopes("user/Observation.s")
         .get("/Observation?_revinclude=Provenance:target")
-        .deny(),
+        .deny()
+        .needing("user/Provenance.s"),
         case("_revinclude with the source granted", "SMART-SEMANTICS 5")
             .scopes("user/Observation.s user/Provenance.s")
             .get("/Observation?_revinclude=Provenance:target")

@@ -57,7 +57,8 @@ pub fn cases() -> Vec<Case> {
             .scopes("patient/Observation.c").patient("123").post("/Observation")
             .json({ let mut o = observation(Some("Patient/123")); o["performer"] = json!([{ "reference": "Patient/456" }]); o }).deny(),
         case("create needs c", "SAL2 §scopes: r/s do not create")
-            .scopes("patient/Observation.rs").patient("123").post("/Observation").json(observation(Some("Patient/123"))).deny(),
+            .scopes("patient/Observation.rs").patient("123").post("/Observation").json(observation(Some("Patient/123"))).deny()
+        .needing("patient/Observation.c"),
         case("v1 write creates", "SAL2: .write = .cud")
             .scopes("patient/Observation.write").patient("123").post("/Observation").json(observation(Some("Patient/123"))).allow(201),
         case("v1 read does not create", "SAL2: .read = .rs")
@@ -131,7 +132,8 @@ pub fn cases() -> Vec<Case> {
         // --- conditional create (c + s, criteria confined)
         case("conditional create needs s", "SMART-SEMANTICS 4 / A8: conditional create = c + s")
             .scopes("user/Observation.c").post("/Observation").header("If-None-Exist", "identifier=urn:x|1")
-            .json(observation(Some("Patient/456"))).deny(),
+            .json(observation(Some("Patient/456"))).deny()
+        .needing("user/Observation.s"),
         case("conditional create with c and s", "SMART-SEMANTICS 4 / A8")
             .scopes("user/Observation.cs").post("/Observation").header("If-None-Exist", "identifier=urn:x|1")
             .json(observation(Some("Patient/456"))).allow(201),
