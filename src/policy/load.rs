@@ -11,6 +11,10 @@
 //!     patient: { segment: id }
 //! ```
 //!
+//! or, for a FHIR base whose requests the SMART engine decides ([`super::smart`]), a
+//! `fhir:` section (`version: R4`, `patient_scopes_outside_compartment`, `granular_search`,
+//! `max_body_bytes`, `max_response_bytes`, `server_urls`, `paging`, `operations`).
+//!
 //! Each route is checked on its own (a bad route does not hide the problems of the next),
 //! then inserted into the trie, where same-shape/same-method conflicts are found. Lint
 //! warnings come last. The format is documented in `docs/reference.md`.

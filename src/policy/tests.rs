@@ -721,7 +721,7 @@ fn the_shipped_policy_has_public_discovery_and_enforces_smart_everywhere_else() 
     ));
     assert_eq!(
         denial(engine(&p, Method::POST, "/fhir/metadata", None)).reason,
-        DenyReason::BadRequest
+        DenyReason::MissingToken
     );
     assert_eq!(
         denial(engine(&p, Method::GET, "/fhir/Observation/1", None)).reason,

@@ -165,6 +165,9 @@ fn check_resource(
     {
         let in_patient = match &alt.patient {
             None => true,
+            // §3.4: a `patient/*` grant reaches types outside the compartment unfiltered
+            // unless the policy refuses that.
+            Some(_) if alt.outside_ok && !t.in_patient_compartment() => true,
             Some(p) => compartment::in_compartment(v, p, bases),
         };
         if in_patient && alt.filter.as_ref().is_none_or(|q| matches_query(t, q, v)) {

