@@ -64,13 +64,21 @@ pub enum HoldError {
 
 impl Default for Exchanger {
     fn default() -> Self {
-        Exchanger {
-            connector: Connector::new(None),
-        }
+        Exchanger::new(None)
     }
 }
 
 impl Exchanger {
+    /// An exchanger whose connector uses `options` (pass the proxy service's, e.g.
+    /// `ConnectorOptions::from_server_conf`, so CA files and client certificates configured
+    /// for pingora apply here too). `None`: pingora's defaults; the peer's own options (TLS
+    /// verification, timeouts) apply either way.
+    pub fn new(options: Option<pingora::connectors::ConnectorOptions>) -> Self {
+        Exchanger {
+            connector: Connector::new(options),
+        }
+    }
+
     /// Sends `req` with `body` and waits for the response header.
     pub async fn send(
         &self,
@@ -163,6 +171,7 @@ pub fn forward_header(
     body_len: usize,
     upstream: &Upstream,
     client: Option<&SocketAddr>,
+    proto: &'static str,
     request_id: &str,
 ) -> pingora::Result<RequestHeader> {
     let mut req = client_req.clone();
@@ -174,7 +183,7 @@ pub fn forward_header(
     if body_len > 0 || !matches!(req.method, http::Method::GET | http::Method::HEAD) {
         req.insert_header(http::header::CONTENT_LENGTH, body_len)?;
     }
-    upstream.prepare_request(&mut req, client, "http", request_id)?;
+    upstream.prepare_request(&mut req, client, proto, request_id)?;
     Ok(req)
 }
 
@@ -186,6 +195,7 @@ pub fn read_header(
     path: &str,
     upstream: &Upstream,
     client: Option<&SocketAddr>,
+    proto: &'static str,
     request_id: &str,
 ) -> pingora::Result<RequestHeader> {
     let mut req = client_req.clone();
@@ -199,7 +209,7 @@ pub fn read_header(
         req.remove_header(h);
     }
     req.remove_header(&http::header::ACCEPT_ENCODING);
-    upstream.prepare_request(&mut req, client, "http", request_id)?;
+    upstream.prepare_request(&mut req, client, proto, request_id)?;
     Ok(req)
 }
 

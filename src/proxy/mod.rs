@@ -1,11 +1,16 @@
 //! The pingora proxy: one request, top to bottom.
 //!
 //! ```text
-//! request_filter ─ audit healthy? ─ policy.route ─ bearer ─ auth ─ policy.authorize ─▶ Decision
+//! request_filter ─ audit healthy? ─ policy.route (explicit routes) ─ quotas ─ bearer ─ auth
+//!     ─ evaluate: policy.authorize, or the FHIR engine under the `fhir:` base ─▶ Decision
+//!     │   (the engine may ask for the body first: body::read, bounded, then evaluate again)
 //!     │ Deny  ─▶ respond::Answer (status, WWW-Authenticate, OperationOutcome); done
+//!     │ Allow with checks, or a body already read ─▶ exchange: before-checks, the request,
+//!     │       held response checked / batch merged / SMART configuration rewritten; done
 //!     ▼ Allow
 //! upstream_peer (needs the Permit) ─▶ upstream_request_filter (X-Forwarded-*, X-Request-Id,
-//!     no Authorization) ─▶ upstream ─▶ upstream_response_filter / response_filter
+//!     no Authorization, narrowing query) ─▶ upstream ─▶ upstream_response_filter /
+//!     response_filter ─▶ response_body_filter (page links copied from the first 64 KiB)
 //!     │ upstream failure ─▶ fail_to_proxy: 502/504 + OperationOutcome
 //!     ▼
 //! logging: one audit record and the metrics, for every request
@@ -13,7 +18,8 @@
 //!
 //! Each phase is a few lines delegating to one module; the [`Decision`] made in
 //! `request_filter` is the single source the later phases, the audit record and the metrics
-//! read.
+//! read. [`evaluate()`] is that decision's policy part, pure (no session, no IO), so a
+//! shadow policy can be evaluated on the same facts.
 
 pub mod batch;
 pub mod body;
@@ -42,7 +48,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::audit::{redact_query, AuditRecord, AuditSink};
 use crate::auth::{bearer, Authenticator, Principal};
 use crate::metrics::{method_label, status_class, Metrics};
-use crate::policy::smart::{Checks, Trace};
+use crate::policy::smart::{Checks, Classified, Trace};
 use crate::policy::{Decision, Denial, DenyReason, Policy};
 use crate::ratelimit::{Limiter, RequestKeys, RequestLimits, RATELIMIT, RATELIMIT_POLICY};
 use check::Release;
@@ -116,6 +122,8 @@ pub struct FhirOutcome {
     pub checks: Checks,
     /// Why the engine decided as it did.
     pub trace: Trace,
+    /// What the engine classified the request as (for the audit record).
+    pub request: Option<Classified>,
 }
 
 /// Longest wait for a record to be committed (strict durability) before the response is
@@ -151,6 +159,17 @@ impl Gateway {
             exchanger: Exchanger::default(),
             pages: PageStore::new(ttl, max_links),
         }
+    }
+
+    /// Uses `options` for the connections fhirwall opens itself ([`exchange`]): give it the
+    /// same [`pingora::connectors::ConnectorOptions`] as the proxy service so upstream TLS
+    /// settings made there (CA file, client certificate) hold on both paths.
+    pub fn with_connector_options(
+        mut self,
+        options: pingora::connectors::ConnectorOptions,
+    ) -> Self {
+        self.exchanger = Exchanger::new(Some(options));
+        self
     }
 
     /// Makes the decision about a request, up to the policy evaluation (the body, when the
@@ -347,22 +366,7 @@ impl Gateway {
     ) -> Result<Evaluated, (Denial, Answer)> {
         let body = match body::read(session, max).await {
             Ok(b) => b,
-            Err(e) => {
-                let (status, code) = match e {
-                    body::BodyError::TooLarge { .. } => (413, "too-costly"),
-                    body::BodyError::BadLength | body::BodyError::Read(_) => (400, "invalid"),
-                    body::BodyError::Timeout => (408, "timeout"),
-                };
-                let denial = Denial::new(DenyReason::BadRequest, e.to_string());
-                let answer = Answer {
-                    status,
-                    www_authenticate: None,
-                    retry_after: None,
-                    issue_code: code,
-                    diagnostics: e.to_string(),
-                };
-                return Err((denial, answer));
-            }
+            Err(e) => return Err(body_refusal(e)),
         };
         ctx.body = Some(body);
         let req = session.req_header();
@@ -470,6 +474,20 @@ impl Gateway {
         rt: &Runtime,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if ctx.body.is_none() && has_body(session.req_header()) {
+            // Checks without a body read for the decision: the body still goes upstream
+            // through this exchange, so it is read here, under the same bound.
+            let max = rt.policy.fhir().map_or(0, |f| f.max_body_bytes());
+            match body::read(session, max).await {
+                Ok(b) => ctx.body = Some(b),
+                Err(e) => {
+                    let (denial, answer) = body_refusal(e);
+                    log_denial(&denial, &ctx.request_id);
+                    ctx.decision = Some(Decision::Deny(denial));
+                    return self.send_answer(session, rt, ctx, answer).await;
+                }
+            }
+        }
         // Out of the context while the exchange borrows it mutably; back for `logging`.
         let fhir = ctx.fhir.take();
         let result = self
@@ -514,6 +532,7 @@ impl Gateway {
                 &stored.path,
                 &rt.upstream,
                 client.as_ref(),
+                forwarded_proto(session),
                 &ctx.request_id,
             )?;
             ctx.upstream_sent = Some(Instant::now());
@@ -605,6 +624,7 @@ impl Gateway {
             body.as_ref().map_or(0, Bytes::len),
             &rt.upstream,
             client.as_ref(),
+            forwarded_proto(session),
             &ctx.request_id,
         )?;
         ctx.upstream_sent = Some(Instant::now());
@@ -868,22 +888,35 @@ impl Gateway {
             _ => None,
         };
         let now = Instant::now();
-        // What the request does in FHIR terms, for the auditor; a path outside the FHIR base
-        // (a legacy route) or one that does not classify leaves these empty.
-        let fhir = rt.and_then(|r| {
-            let below = req.uri.path().strip_prefix(r.policy.base_path())?;
-            let below = if below.is_empty() { "/" } else { below };
-            crate::policy::fhir::classify(&req.method, below, req.uri.query()).ok()
-        });
+        // What the request does in FHIR terms, for the auditor: as the engine classified it,
+        // or (an explicit route under the base) as the classifier reads the request line; a
+        // path outside the FHIR base or one that does not classify leaves these empty.
+        let engine = ctx.fhir.as_ref().and_then(|f| f.request.as_ref());
+        let fhir = match engine {
+            Some(_) => None,
+            None => rt.and_then(|r| {
+                let below = req.uri.path().strip_prefix(r.policy.base_path())?;
+                let below = if below.is_empty() { "/" } else { below };
+                crate::policy::fhir::classify(&req.method, below, req.uri.query()).ok()
+            }),
+        };
+        let (interaction, resource_type, resource_id) = match (engine, &fhir) {
+            (Some(c), _) => (
+                Some(c.interaction),
+                c.resource_type.map(|t| t.name().to_owned()),
+                c.resource_id.as_deref().map(str::to_owned),
+            ),
+            (None, Some(f)) => (
+                Some(f.interaction.code()),
+                f.resource_type.map(|t| t.name().to_owned()),
+                f.id.as_deref().map(str::to_owned),
+            ),
+            (None, None) => (None, None, None),
+        };
         AuditRecord {
-            interaction: fhir.as_ref().map(|f| f.interaction.code()),
-            resource_type: fhir
-                .as_ref()
-                .and_then(|f| f.resource_type)
-                .map(|t| t.name().to_owned()),
-            resource_id: fhir
-                .as_ref()
-                .and_then(|f| f.id.as_deref().map(str::to_owned)),
+            interaction,
+            resource_type,
+            resource_id,
             time: format_time(ctx.arrived),
             request_id: ctx.request_id.clone(),
             client_addr: session
@@ -969,7 +1002,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Decides the request (see [`Gateway::decide`]), reading the body first when the FHIR
+    /// Decides the request (see `Gateway::decide`), reading the body first when the FHIR
     /// engine needs it; a refusal is answered here and ends the request (`Ok(true)`), and
     /// so does a request forwarded through [`exchange`]. Everything else continues on
     /// pingora's streaming path.
@@ -1006,6 +1039,7 @@ impl ProxyHttp for Gateway {
                 ctx.fhir = Some(FhirOutcome {
                     checks: v.checks,
                     trace: v.trace,
+                    request: v.request,
                 });
                 v.decision
             }
@@ -1082,8 +1116,12 @@ impl ProxyHttp for Gateway {
             // The start of the body is read for page links: it must arrive uncompressed.
             upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
         }
-        rt.upstream
-            .prepare_request(upstream_request, client, "http", &ctx.request_id)?;
+        rt.upstream.prepare_request(
+            upstream_request,
+            client,
+            forwarded_proto(session),
+            &ctx.request_id,
+        )?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -1269,11 +1307,46 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// `X-Forwarded-Proto` of requests sent upstream (streaming and exchange paths alike): the
+/// scheme the client used to reach the gateway.
+fn forwarded_proto(_session: &Session) -> &'static str {
+    "http"
+}
+
 /// Whether a FHIR request can be one of the public interactions (SMART-SEMANTICS §9:
 /// `metadata`, the SMART configuration), so the engine is asked without the token first;
 /// any other request with a token is decided once, with it.
 fn may_be_public(path: &str) -> bool {
     path.ends_with("/metadata") || path.ends_with(discovery::PATH)
+}
+
+/// The refusal of a body that could not be read: 413 over the bound, 400 for a malformed
+/// length or a broken connection, 408 too slow.
+fn body_refusal(e: body::BodyError) -> (Denial, Answer) {
+    let (status, code) = match e {
+        body::BodyError::TooLarge { .. } => (413, "too-costly"),
+        body::BodyError::BadLength | body::BodyError::Read(_) => (400, "invalid"),
+        body::BodyError::Timeout => (408, "timeout"),
+    };
+    let answer = Answer {
+        status,
+        www_authenticate: None,
+        retry_after: None,
+        issue_code: code,
+        diagnostics: e.to_string(),
+    };
+    (Denial::new(DenyReason::BadRequest, e.to_string()), answer)
+}
+
+/// Whether the request announces a body (RFC 9112 §6.3: `Transfer-Encoding` or a non-zero
+/// `Content-Length`).
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 /// The facts of a request as the client sent it.
@@ -1353,22 +1426,10 @@ fn max_response_bytes(policy: &Policy) -> usize {
         .map_or(DEFAULT_MAX_RESPONSE, |f| f.max_response_bytes())
 }
 
-/// The trace, short, for the audit record: the findings joined, at most [`MAX_REASONS`].
+/// The trace, short, for the audit record: its summary, at most [`MAX_REASONS`] bytes.
 fn reasons(trace: &Trace) -> Option<String> {
-    if trace.steps.is_empty() {
-        return None;
-    }
-    let mut out = String::new();
-    for s in &trace.steps {
-        if !out.is_empty() {
-            out.push_str("; ");
-        }
-        out.push_str(&s.finding);
-        if out.len() > MAX_REASONS {
-            break;
-        }
-    }
-    Some(truncate(&out, MAX_REASONS).to_owned())
+    let summary = trace.summary();
+    (!summary.is_empty()).then(|| truncate(&summary, MAX_REASONS).to_owned())
 }
 
 fn log_denial(d: &Denial, request_id: &str) {
@@ -1409,4 +1470,68 @@ pub fn format_time(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&fmt)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build(method, target.as_bytes(), None).unwrap();
+        for (n, v) in headers {
+            req.insert_header(n.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn narrowing_items_are_appended_except_to_a_page_request() {
+        let checks = Checks {
+            add_query: Some("category=laboratory".into()),
+            ..Checks::default()
+        };
+        let req = request("GET", "/fhir/Observation?patient=123", &[]);
+        assert_eq!(
+            upstream_target(&req, Some(&checks), false),
+            "/fhir/Observation?patient=123&category=laboratory"
+        );
+        assert_eq!(
+            upstream_target(&req, Some(&checks), true),
+            "/fhir/Observation?patient=123"
+        );
+        let bare = request("GET", "/fhir/Observation", &[]);
+        assert_eq!(
+            upstream_target(&bare, Some(&checks), false),
+            "/fhir/Observation?category=laboratory"
+        );
+        assert_eq!(upstream_target(&bare, None, false), "/fhir/Observation");
+    }
+
+    #[test]
+    fn a_body_is_announced_by_its_length_or_chunked_coding() {
+        assert!(!has_body(&request("PUT", "/x", &[])));
+        assert!(!has_body(&request("PUT", "/x", &[("content-length", "0")])));
+        assert!(has_body(&request("PUT", "/x", &[("content-length", "12")])));
+        assert!(has_body(&request(
+            "PUT",
+            "/x",
+            &[("transfer-encoding", "chunked")]
+        )));
+    }
+
+    #[test]
+    fn only_discovery_endpoints_are_probed_without_the_token() {
+        assert!(may_be_public("/fhir/metadata"));
+        assert!(may_be_public("/fhir/.well-known/smart-configuration"));
+        assert!(!may_be_public("/fhir/Patient/123"));
+        assert!(!may_be_public("/fhir"));
+    }
+
+    #[test]
+    fn a_body_over_the_bound_answers_413() {
+        let (denial, answer) = body_refusal(body::BodyError::TooLarge { max: 10 });
+        assert_eq!((answer.status, answer.issue_code), (413, "too-costly"));
+        assert_eq!(denial.reason, DenyReason::BadRequest);
+        assert_eq!(body_refusal(body::BodyError::Timeout).1.status, 408);
+    }
 }

@@ -415,3 +415,111 @@ async fn an_update_is_forwarded_only_when_the_stored_version_is_the_patients_own
     assert_eq!(response.status(), 404);
     assert_eq!(stack.backend.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn a_page_link_of_a_post_search_is_authorized_as_that_search() {
+    let stack = stack().await;
+    let token = stack.token("patient/Observation.rs", true);
+    let next = "/fhir?_getpages=form1&_getpagesoffset=10";
+    stack.backend.set_reply_for_path(
+        "/fhir/Observation/_search",
+        fhir_reply(200, &searchset(next)),
+    );
+    let response = stack
+        .client
+        .post(stack.url("/fhir/Observation/_search"))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("patient=123&_count=10")
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        &stack.backend.last_request().unwrap().body[..],
+        b"patient=123&_count=10",
+        "the form is forwarded as read"
+    );
+    let response = stack.get(next, Some(&token)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(stack.backend.last_request().unwrap().target, next);
+}
+
+#[tokio::test]
+async fn an_engine_decision_is_audited_with_its_route_and_reasons() {
+    let stack = stack().await;
+    let token = stack.token("patient/Observation.rs", true);
+    let response = stack.get("/fhir/Condition?patient=123", Some(&token)).await;
+    refusal(response, 403, "forbidden").await;
+    let response = stack
+        .get("/fhir/Observation?patient=123", Some(&token))
+        .await;
+    assert_eq!(response.status(), 200);
+    let lines = stack.gateway.wait_for_audit_lines(2).await;
+    let denied = &lines[0];
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["route"], "fhir:search-type");
+    assert!(
+        denied["reasons"].as_str().is_some_and(|r| !r.is_empty()),
+        "{denied}"
+    );
+    assert!(denied.get("granted_by").is_none(), "{denied}");
+    let allowed = &lines[1];
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["granted_by"], "patient/Observation.rs");
+}
+
+#[tokio::test]
+async fn without_a_smart_configuration_upstream_its_answer_is_passed_on() {
+    let stack = stack().await;
+    stack
+        .backend
+        .set_reply_for_path("/fhir/.well-known/smart-configuration", Reply::Status(404));
+    let response = stack
+        .get("/fhir/.well-known/smart-configuration", None)
+        .await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(json_of(response).await["resourceType"], "OperationOutcome");
+}
+
+#[tokio::test]
+async fn a_response_larger_than_the_check_bound_is_withheld() {
+    let stack = stack().await;
+    let token = stack.token("patient/Observation.r", true);
+    let mut big = observation("o-big", "123");
+    big["note"] = json!([{ "text": "z".repeat(70_000) }]);
+    stack
+        .backend
+        .set_reply_for_path("/fhir/Observation/o-big", fhir_reply(200, &big));
+    let response = stack.get("/fhir/Observation/o-big", Some(&token)).await;
+    refusal(response, 403, "forbidden").await;
+}
+
+#[tokio::test]
+async fn a_batch_read_of_another_patients_resource_becomes_a_403_entry() {
+    let stack = stack().await;
+    let token = stack.token("patient/Observation.r", true);
+    let request = batch("batch", &["Observation/o-own", "Observation/o-foreign"]);
+    let upstream_answer = json!({
+        "resourceType": "Bundle", "type": "batch-response",
+        "entry": [
+            { "response": { "status": "200 OK" }, "resource": observation("o-own", "123") },
+            { "response": { "status": "200 OK" }, "resource": observation("o-foreign", "456") },
+        ],
+    });
+    stack
+        .backend
+        .set_reply_for_path("/fhir", fhir_reply(200, &upstream_answer));
+    let response = post(&stack, "/fhir", &token, request.to_string()).await;
+    assert_eq!(response.status(), 200);
+    let answer = json_of(response).await;
+    let entries = answer["entry"].as_array().unwrap();
+    assert_eq!(entries[0]["resource"]["id"], "o-own");
+    assert_eq!(entries[1]["response"]["status"], "403 Forbidden");
+    assert!(entries[1].get("resource").is_none(), "{answer}");
+    assert!(
+        !answer.to_string().contains("Patient/456"),
+        "nothing of it leaks"
+    );
+}
