@@ -56,6 +56,23 @@ async fn the_backend_searches_and_pages_at_the_base() {
 }
 
 #[tokio::test]
+async fn the_backend_follows_includes_to_other_patients() {
+    let backend = FhirBackend::start();
+    let (_, body) = get(
+        &backend,
+        "/fhir/Observation?_id=obs-2&_include=Observation:has-member:Observation",
+    )
+    .await;
+    let ids: Vec<_> = body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["obs-2", "obs-a"]);
+}
+
+#[tokio::test]
 async fn the_backend_answers_batches_in_order() {
     let backend = FhirBackend::start();
     let bundle = json!({ "resourceType": "Bundle", "type": "batch", "entry": [

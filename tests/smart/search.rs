@@ -469,6 +469,38 @@ pub fn cases() -> Vec<Case> {
         .patient("123")
         .get("/_history")
         .deny(),
+        // --- included resources are checked on the response (SMART-SEMANTICS 5 "Confinement")
+        case(
+            "included resources of the own patient pass",
+            "SMART-SEMANTICS 5: included compartment resources checked on the response",
+        )
+        .scopes("patient/Observation.rs")
+        .patient("123")
+        .get("/Observation?patient=123&_id=obs-1&_include=Observation:has-member:Observation")
+        .allow(200),
+        case(
+            "an included resource of another patient is withheld",
+            "SMART-SEMANTICS 5: a reference can point outside the compartment",
+        )
+        .scopes("patient/Observation.rs")
+        .patient("123")
+        .get("/Observation?patient=123&_id=obs-2&_include=Observation:has-member:Observation")
+        .withheld("Patient/456"),
+        case(
+            "included resources under user/ are not checked",
+            "SMART-SEMANTICS 2: user/ unconfined",
+        )
+        .scopes("user/Observation.s")
+        .get("/Observation?_id=obs-2&_include=Observation:has-member:Observation")
+        .allow(200),
+        case(
+            "has-member reaches every target type",
+            "SMART-SEMANTICS 5: s on every target of param (R4-SP has-member)",
+        )
+        .scopes("patient/Observation.rs")
+        .patient("123")
+        .get("/Observation?patient=123&_include=Observation:has-member")
+        .deny(),
         // --- _include, _revinclude, chains, _has (SMART-SEMANTICS 5)
         case(
             "_include needs s on the targets",

@@ -240,10 +240,12 @@ impl State {
             // --- type level
             ("GET" | "HEAD", [t]) => {
                 let found = self.search(Some(&[(*t).to_owned()]), &params);
+                let found = self.with_includes(found, &params);
                 self.searchset(found, &params, base_url, t)
             }
             ("POST", [t, "_search"]) => {
                 let found = self.search(Some(&[(*t).to_owned()]), &params);
+                let found = self.with_includes(found, &params);
                 self.searchset(found, &params, base_url, t)
             }
             ("GET" | "HEAD", [t, "_history"]) => ok(history(self.of_type(t))),
@@ -500,6 +502,52 @@ impl State {
         ok(searchset_bundle(page, total, links, base_url))
     }
 
+    /// Adds the resources `_include=Src:param[:Target]` reaches (R4 search.html#include), for
+    /// the reference elements this data set uses; a reference to another patient's resource
+    /// is followed like any other, as a real server does.
+    fn with_includes(&self, mut found: Vec<Value>, params: &[(String, String)]) -> Vec<Value> {
+        let mut included = Vec::new();
+        for (_, value) in params.iter().filter(|(k, _)| k == "_include") {
+            let mut parts = value.split(':');
+            let (Some(source), Some(param)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let target = parts.next();
+            let element = match param {
+                "subject" | "patient" => "subject",
+                "performer" => "performer",
+                "has-member" => "hasMember",
+                _ => continue,
+            };
+            for r in found.iter().filter(|r| r["resourceType"] == source) {
+                let refs: Vec<&str> = match &r[element] {
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(|i| i["reference"].as_str())
+                        .collect(),
+                    one => one["reference"].as_str().into_iter().collect(),
+                };
+                for reference in refs {
+                    let Some((t, id)) = reference.split_once('/') else {
+                        continue;
+                    };
+                    if target.is_some_and(|target| target != t) {
+                        continue;
+                    }
+                    if let Some(hit) = self.find(t, id) {
+                        included.push(hit.clone());
+                    }
+                }
+            }
+        }
+        for r in included {
+            if !found.contains(&r) {
+                found.push(r);
+            }
+        }
+        found
+    }
+
     fn of_type(&self, t: &str) -> Vec<Value> {
         self.resources
             .iter()
@@ -679,6 +727,12 @@ fn capability_statement() -> Value {
     })
 }
 
+/// `resource` with `hasMember` references.
+fn with_members(mut resource: Value, members: &[&str]) -> Value {
+    resource["hasMember"] = members.iter().map(|m| json!({ "reference": m })).collect();
+    resource
+}
+
 /// The fixed data set: patients 123, 456 (and 789, linked from 123), their Observations
 /// (laboratory and vital-signs), Conditions and an Encounter, a Group whose id is `123`,
 /// and resources outside the patient compartment.
@@ -721,8 +775,16 @@ fn data_set() -> Vec<Value> {
         p123,
         patient("456", "Bravo"),
         patient("789", "Charlie"),
-        obs("obs-1", "Patient/123", "laboratory"),
-        obs("obs-2", "Patient/123", "vital-signs"),
+        // obs-1 groups obs-2 (same patient); obs-2 groups obs-a (Patient/456's): an
+        // `_include=Observation:has-member` reaches another patient's data.
+        with_members(
+            obs("obs-1", "Patient/123", "laboratory"),
+            &["Observation/obs-2"],
+        ),
+        with_members(
+            obs("obs-2", "Patient/123", "vital-signs"),
+            &["Observation/obs-a"],
+        ),
         obs("obs-a", "Patient/456", "laboratory"),
         obs("obs-b", "Patient/456", "vital-signs"),
         obs("obs-g", "Group/123", "laboratory"),
