@@ -688,14 +688,88 @@ impl Table {
             );
         }
         let mut failures = Vec::new();
+        let mut answered = Vec::new();
         for c in &cases {
-            if let Err(why) = self.run_case(c).await {
+            self.backend.clear_requests();
+            let outcome = match self.send(c).await {
+                Ok(got) => match got.header(X_REQUEST_ID) {
+                    Some(id) => {
+                        answered.push((c, id));
+                        self.check(c, &got)
+                    }
+                    None => Err("the answer carries no X-Request-Id".to_owned()),
+                },
+                Err(why) => Err(why),
+            };
+            if let Err(why) = outcome {
                 failures.push(format!("{}/{} [{}]: {why}", self.name, c.name, c.rule));
             }
         }
+        failures.extend(self.check_audit(&answered).await);
         report(self.name, cases.len(), failures);
     }
+
+    /// One audit record per request, with the decision the client saw, and never a bearer
+    /// token in the trail (fhirwall's audit contract; common.md "Never log or audit a bearer
+    /// token").
+    async fn check_audit(&self, answered: &[(&Case, String)]) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let records = loop {
+            let records = self.gateway.audit_lines();
+            let found = answered
+                .iter()
+                .filter(|(_, id)| records.iter().any(|r| r["request_id"] == id.as_str()))
+                .count();
+            if found == answered.len() || tokio::time::Instant::now() >= deadline {
+                break records;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut failures = Vec::new();
+        for (case, id) in answered {
+            let mine: Vec<&Value> = records
+                .iter()
+                .filter(|r| r["request_id"] == id.as_str())
+                .collect();
+            let [record] = mine.as_slice() else {
+                failures.push(format!(
+                    "{}/{} [audit: one record per request]: {} records for request {id}",
+                    self.name,
+                    case.name,
+                    mine.len()
+                ));
+                continue;
+            };
+            let wanted = match case.expect {
+                Expect::Allow(_) | Expect::Narrowed { .. } => Some("allow"),
+                Expect::Deny { .. } => Some("deny"),
+                _ => None,
+            };
+            if let Some(wanted) = wanted {
+                if record["decision"] != wanted {
+                    failures.push(format!(
+                        "{}/{} [audit: the record carries the decision]: expected {wanted}, got {}",
+                        self.name, case.name, record["decision"]
+                    ));
+                }
+            }
+        }
+        let trail = std::fs::read_to_string(self.gateway.audit_path()).unwrap_or_default();
+        for token in self.tokens.lock().values() {
+            if trail.contains(token.as_str()) {
+                failures.push(format!(
+                    "{} [audit: never a bearer token]: a token appears in the audit trail",
+                    self.name
+                ));
+                break;
+            }
+        }
+        failures
+    }
 }
+
+/// The request id header every answer carries.
+const X_REQUEST_ID: &str = "x-request-id";
 
 /// Query items, percent-decoded (`+` is a space in forms).
 fn decoded_pairs(query: &str) -> Vec<(String, String)> {
