@@ -71,6 +71,13 @@ pub fn cases() -> Vec<Case> {
             .scopes("user/Observation.d user/Patient.r").post("")
             .json(bundle("batch", vec![entry("DELETE", "Observation?identifier=urn:x|1"), entry("GET", "Patient/123")]))
             .batch(&[403, 200], 1, ""),
+        case("batch update of another patient's resource", "SMART-SEMANTICS 7 + 3.3 / A23: each entry's stored version is checked")
+            .scopes("patient/Observation.u").patient("123").post("")
+            .json(bundle("batch", vec![
+                entry_with("PUT", "Observation/obs-a", { let mut o = observation(Some("Patient/123")); o["id"] = json!("obs-a"); o }),
+                entry_with("PUT", "Observation/obs-1", { let mut o = observation(Some("Patient/123")); o["id"] = json!("obs-1"); o }),
+            ]))
+            .batch(&[403, 200], 1, "secret-obs-a"),
         // --- transaction: all or nothing
         case("transaction with every entry allowed", "SAL2 §batch; SMART-SEMANTICS 7")
             .scopes("user/Observation.c user/Patient.r").post("")
@@ -100,6 +107,13 @@ pub fn cases() -> Vec<Case> {
                 entry_with("POST", "Observation", observation(Some("urn:uuid:5b5f0c2e-0000-4000-8000-000000000001"))),
             ]))
             .deny(),
+        case("transaction updating another patient's resource", "SMART-SEMANTICS 7 + A23: a refused entry refuses the whole transaction")
+            .scopes("patient/Observation.u").patient("123").post("")
+            .json(bundle("transaction", vec![
+                entry_with("PUT", "Observation/obs-1", { let mut o = observation(Some("Patient/123")); o["id"] = json!("obs-1"); o }),
+                entry_with("PUT", "Observation/obs-a", { let mut o = observation(Some("Patient/123")); o["id"] = json!("obs-a"); o }),
+            ]))
+            .deny_after_check(),
         // --- what is not a batch
         case("a collection Bundle at the base is refused", "SMART-SEMANTICS 7: only batch/transaction at [base]")
             .scopes("user/*.cruds").post("").json(bundle("collection", vec![])).deny_with(&[400, 403], Challenge::Any),

@@ -268,6 +268,12 @@ pub fn cases() -> Vec<Case> {
         .patient("123")
         .get("/Patient/456/_history")
         .deny(),
+        case("vread of the own Patient", "SAL2 r = vread; SMART-SEMANTICS 3.3 Patient/<id> == P")
+            .scopes("patient/Patient.r").patient("123").get("/Patient/123/_history/1").allow(200),
+        case("vread of another Patient", "SMART-SEMANTICS 3.3")
+            .scopes("patient/Patient.r").patient("123").get("/Patient/456/_history/1").deny(),
+        case("a checked read cannot ask for XML", "smart-api.md response checks: the body is checked as FHIR JSON; fail closed (common.md)")
+            .scopes("patient/Observation.r").patient("123").get("/Observation/obs-1?_format=xml").deny_with(&[400, 403, 406], Challenge::Any),
         // --- types outside the patient compartment (3.4)
         case(
             "patient scope reads a Practitioner",

@@ -129,6 +129,8 @@ pub fn cases() -> Vec<Case> {
             .scopes("user/Observation.write").delete("/Observation/obs-a").allow(200),
         case("patient delete of another Patient", "SMART-SEMANTICS 3.3")
             .scopes("patient/Patient.d").patient("123").delete("/Patient/456").deny(),
+        case("patient delete of the own Patient", "SAL2 d; SMART-SEMANTICS 3.3 Patient/<id> == P")
+            .scopes("patient/Patient.d").patient("123").delete("/Patient/123").allow(200),
         // --- conditional create (c + s, criteria confined)
         case("conditional create needs s", "SMART-SEMANTICS 4 / A8: conditional create = c + s")
             .scopes("user/Observation.c").post("/Observation").header("If-None-Exist", "identifier=urn:x|1")
@@ -142,6 +144,9 @@ pub fn cases() -> Vec<Case> {
             .json(observation(Some("Patient/123"))).allow(201),
         case("patient conditional create with unconfined criteria", "SMART-SEMANTICS 4 + 3.3")
             .scopes("patient/Observation.cs").patient("123").post("/Observation").header("If-None-Exist", "identifier=urn:x|1")
+            .json(observation(Some("Patient/123"))).deny(),
+        case("patient conditional create with another patient's criteria", "SMART-SEMANTICS 4 + 3.3: the criteria must name P")
+            .scopes("patient/Observation.cs").patient("123").post("/Observation").header("If-None-Exist", "patient=456&identifier=urn:x|1")
             .json(observation(Some("Patient/123"))).deny(),
         // --- conditional update / patch / delete (write letter + s)
         case("conditional update needs s", "SMART-SEMANTICS 4 / A8: PUT [type]?q = u + s")
