@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `dev`, `audit verify|query|export`.
+//! The command line: `serve`, `check`, `dev`, `audit verify|query|export`, `schema`.
 //!
 //! Exit codes: 0 success; 1 `check` found errors; 2 runtime failure; 64 (EX_USAGE) the
 //! configuration given to `serve` is invalid.
@@ -28,6 +28,10 @@ pub enum Command {
         /// Configuration file (YAML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Zero-downtime upgrade: take the listening sockets over from the running fhirwall
+        /// through `upgrade_sock` (send that process SIGQUIT within 5 s of starting this one).
+        #[arg(long, short)]
+        upgrade: bool,
     },
     /// Validate a configuration and the policy it names; print every problem as
     /// `file:line:col: message` and exit non-zero if there is an error.
@@ -82,6 +86,22 @@ pub enum Command {
         /// The request path with its query (`/fhir/Observation?patient=123`), or a URL.
         url: String,
     },
+    /// Print the JSON Schema (draft 2020-12) of the configuration or the policy file, for
+    /// editors and CI validators; the same files ship in `schemas/`.
+    Schema {
+        /// Which file format.
+        #[arg(value_enum)]
+        which: SchemaKind,
+    },
+}
+
+/// The file formats `fhirwall schema` describes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SchemaKind {
+    /// The gateway configuration file.
+    Config,
+    /// The policy file.
+    Policy,
 }
 
 /// `fhirwall audit ...`.
@@ -140,11 +160,11 @@ pub enum AuditCommand {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => match Config::load_with_warnings(&config) {
+        Command::Serve { config, upgrade } => match Config::load_with_warnings(&config) {
             Ok((config, warnings)) => {
                 init_logging(&config.log.level, config.log.json);
                 log_warnings(&warnings);
-                match crate::server::run(config) {
+                match crate::server::run_with(config, crate::server::RunOptions { upgrade }) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         tracing::error!(error = format!("{e:#}"), "fhirwall failed to start");
@@ -169,6 +189,16 @@ pub fn run() -> ExitCode {
             method,
             url,
         } => explain(&config, scopes, patient, fhir_user, body, &method, &url),
+        Command::Schema { which } => {
+            print!(
+                "{}",
+                crate::schema::render(match which {
+                    SchemaKind::Config => crate::schema::Which::Config,
+                    SchemaKind::Policy => crate::schema::Which::Policy,
+                })
+            );
+            ExitCode::SUCCESS
+        }
         Command::Audit(AuditCommand::Verify {
             files,
             checkpoints,

@@ -36,4 +36,8 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
+pub mod schema;
 pub mod server;
+pub mod shadow;
+pub mod tls;

@@ -1,9 +1,12 @@
 //! Wiring: a validated [`Config`] becomes pingora services — the proxy, the admin listener,
-//! the JWKS refresher, the audit writer and the revocation subscriber — and runs until a
-//! signal stops it.
+//! the JWKS refresher, the audit writer, the revocation subscriber and the reloader — and
+//! runs until a signal stops it.
 //!
-//! pingora's signal handling applies: SIGTERM drains in-flight requests (graceful), SIGINT
-//! stops at once, SIGQUIT hands the listeners to a new process (`--upgrade`).
+//! Signals: SIGHUP reloads the configuration and policies ([`crate::reload`]) and makes each
+//! TLS listener re-read its certificate files (`tls::ServerCertificate::watch`); pingora's own
+//! handling does the rest: SIGTERM drains in-flight requests for `shutdown_grace`
+//! (graceful), SIGINT stops at once, SIGQUIT hands the listeners to a new process started
+//! with `serve --upgrade` on the same `upgrade_sock`, then drains.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,22 +25,30 @@ use crate::audit::AuditSink;
 use crate::auth::{Authenticator, RedisPropagation};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, Runtime};
-use crate::ratelimit::Limiter;
+use crate::reload::Reloader;
 
-/// Seconds in-flight requests get to finish after SIGTERM.
-const GRACE_PERIOD_SECS: u64 = 10;
+/// How the process starts, beyond its configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Take the listening sockets over from a running fhirwall (the one that receives
+    /// SIGQUIT next) through `upgrade_sock`, instead of binding them.
+    pub upgrade: bool,
+}
 
 /// Runs the gateway until it is stopped. Returns only on a startup error; once serving,
 /// pingora ends the process itself.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    run_with(config, RunOptions::default())
+}
+
+/// [`run`], with process options (`serve --upgrade`).
+pub fn run_with(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    if options.upgrade && config.upgrade_sock.is_none() {
+        anyhow::bail!("`--upgrade` needs `upgrade_sock` in the configuration (the same path as the running process)");
+    }
     let metrics = Arc::new(Metrics::new());
     let runtime = Arc::new(ArcSwap::from_pointee(build_runtime(&config, &metrics)?));
-    metrics
-        .policy_info
-        .with_label_values(&[config.policy.version()])
-        .set(1);
     let auth = Arc::new(
         Authenticator::build(
             &config.issuers,
@@ -80,56 +91,84 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let (audit, audit_writer) = AuditSink::open(&config.audit, metrics.clone())
         .with_context(|| format!("opening the audit trail {:?}", config.audit.target))?;
-    let admin_listener = std::net::TcpListener::bind(config.admin_listen)
+    let admin_listener = bind_admin(config.admin_listen)
         .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
-    admin_listener.set_nonblocking(true)?;
 
+    // pingora counts the grace period in whole seconds (at least one, by the config check).
+    let grace = config.shutdown_grace.as_secs().max(1);
     let conf = ServerConf {
         threads: config.threads,
-        grace_period_seconds: Some(GRACE_PERIOD_SECS),
-        graceful_shutdown_timeout_seconds: Some(GRACE_PERIOD_SECS),
-        // pingora's own pid/upgrade files default to /tmp paths; keep them per process so
-        // several gateways (and tests) can run side by side.
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(grace),
+        // pingora's own pid file defaults to a /tmp path; keep it per process so several
+        // gateways (and tests) can run side by side.
         pid_file: std::env::temp_dir()
             .join(format!("fhirwall-{}.pid", std::process::id()))
             .to_string_lossy()
             .into_owned(),
-        upgrade_sock: std::env::temp_dir()
-            .join(format!("fhirwall-{}.upgrade.sock", std::process::id()))
-            .to_string_lossy()
-            .into_owned(),
+        // The old and the new process of an upgrade meet at `upgrade_sock`; without it the
+        // path is per process, so no other process can take the listeners.
+        upgrade_sock: match &config.upgrade_sock {
+            Some(path) => path.to_string_lossy().into_owned(),
+            None => std::env::temp_dir()
+                .join(format!("fhirwall-{}.upgrade.sock", std::process::id()))
+                .to_string_lossy()
+                .into_owned(),
+        },
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: options.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // With `upgrade`, this waits (up to 5 s) for the old process to send its listeners.
     server.bootstrap();
 
+    let listeners = config.listeners.clone();
+    let upstream_config = config.upstream.clone();
+    let admin_listen = config.admin_listen;
+    let policy_version = config.policy.version().to_owned();
+    let reloader = Arc::new(Reloader::new(config, runtime.clone(), metrics.clone()));
     let health: Arc<dyn HealthSource> = Arc::new(Health {
         runtime: runtime.clone(),
+        reloader: reloader.clone(),
         auth: auth.clone(),
         audit: audit.clone(),
         propagation: propagation.clone(),
     });
-    let limiter = runtime.load().limiter.clone();
     let gateway = Gateway::new(runtime, auth.clone(), audit, metrics.clone());
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
         "fhirwall proxy",
     );
-    for addr in &config.listen {
-        proxy.add_tcp(&addr.to_string());
-    }
+    // TLS listeners, and plain ones (loopback or `plaintext: true`) with a warning.
+    let certificates = crate::tls::add_listeners(&mut proxy, &listeners, &metrics)?;
+    crate::tls::warn_about_upstream_transport(&upstream_config);
     server.add_service(proxy);
+    for (cert, interval) in certificates {
+        server.add_service(background_service(
+            "tls certificate reload",
+            // Re-reads the certificate and key files; a change that loads is served from the
+            // next handshake on.
+            Task::new(cert.watch(interval)),
+        ));
+    }
     server.add_service(background_service(
         "audit writer",
         // Keeps writing through the shutdown grace period, so requests that finish while
         // draining are still recorded (records reach the file within `flush_interval`).
         Task::new(async move { audit_writer.run().await }).outliving_shutdown(),
     ));
+    // SIGHUP ends the process until it is handled; the admin listener (and with it
+    // `/readyz`) waits for the handler, so a gateway that reports ready can be reloaded.
+    let (signal_ready, mut signal_handled) = tokio::sync::watch::channel(false);
     server.add_service(background_service(
-        "rate limits",
-        // Prunes idle keys; connects to and probes Redis when configured.
-        Task::new(async move { limiter.run().await }),
+        "reload",
+        // Also runs the rate limiter's background work (pruning idle keys, the Redis
+        // connection and probe), restarted when a reload rebuilds the limiter.
+        Task::new(async move { reloader.run(signal_ready).await }),
     ));
     if let Some(propagation) = propagation {
         server.add_service(background_service(
@@ -147,6 +186,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(background_service(
         "admin",
         Task::new(async move {
+            let _ = signal_handled.wait_for(|handled| *handled).await;
             let listener = match tokio::net::TcpListener::from_std(admin_listener) {
                 Ok(l) => l,
                 Err(e) => {
@@ -168,35 +208,39 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }),
     ));
     tracing::info!(
-        listen = ?config.listen,
-        admin = %config.admin_listen,
-        policy.version = config.policy.version(),
+        listen = ?listeners.iter().map(|l| l.addr).collect::<Vec<_>>(),
+        admin = %admin_listen,
+        policy.version = %policy_version,
+        upgrade = options.upgrade,
         "fhirwall starting"
     );
     server.run_forever()
 }
 
-/// Compiles the per-request runtime from a configuration.
+/// Compiles the per-request runtime from a configuration (see [`crate::reload::build_runtime`]).
 pub fn build_runtime(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Runtime> {
-    let limiter = Limiter::new(
-        config.policy.rate_limits(),
-        config.policy.base_path(),
-        &config.rate_limit,
-        config.forwarding.trust_forwarded_for,
-        Some(metrics.clone()),
-    )?;
-    Ok(Runtime {
-        policy: config.policy.clone(),
-        upstream: Upstream::new(&config.upstream, &config.forwarding)?,
-        realm: config.realm.as_str().into(),
-        audit_allow_query: config.audit.allow_query_params.clone(),
-        limiter: Arc::new(limiter),
-    })
+    crate::reload::build_runtime(config, metrics, None)
+}
+
+/// Binds the admin listener with `SO_REUSEPORT`, so that during an upgrade the new process
+/// binds it while the old one still serves it (the kernel spreads connections over both
+/// until the old one exits).
+fn bind_admin(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// The readiness checks behind `/readyz`.
 struct Health {
     runtime: Arc<ArcSwap<Runtime>>,
+    /// The active policy versions and the last reload.
+    reloader: Arc<Reloader>,
     auth: Arc<Authenticator>,
     audit: AuditSink,
     /// Revocation pub/sub, when Redis is configured.
@@ -217,14 +261,7 @@ impl HealthSource for Health {
                 (None, false) => "no signing keys yet".to_string(),
             },
         });
-        let mut checks = vec![
-            Check {
-                name: "policy".into(),
-                ok: true,
-                detail: format!("version {}", self.runtime.load().policy.version()),
-            },
-            self.audit.readiness_check(),
-        ];
+        let mut checks = vec![self.reloader.policy_check(), self.audit.readiness_check()];
         // Degraded but ready: without Redis each instance still limits on its own.
         checks.extend(self.runtime.load().limiter.readiness());
         checks.extend(issuers);

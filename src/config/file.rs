@@ -16,9 +16,10 @@ use jsonwebtoken::Algorithm;
 
 use super::yaml::{self, index, join, MapView, Mark, Node, Reader};
 use super::{
-    AuditCheckpointConfig, AuditConfig, AuditDurability, AuditTarget, ClientAuth, Config,
-    Diagnostic, Diagnostics, ForwardingConfig, IntrospectionConfig, IssuerConfig, LogConfig,
-    RateLimitConfig, RevocationConfig, SecretSource, TokenCacheConfig, UpstreamConfig,
+    AuditCheckpointConfig, AuditConfig, AuditDurability, AuditTarget, ClientAuth, ClientCertConfig,
+    ClientCertMode, Config, Diagnostic, Diagnostics, ForwardingConfig, IdentityFiles,
+    IntrospectionConfig, IssuerConfig, ListenerConfig, ListenerTlsConfig, LogConfig,
+    RateLimitConfig, ReloadConfig, RevocationConfig, SecretSource, TokenCacheConfig, UpstreamConfig,
 };
 use crate::policy::Policy;
 
@@ -36,7 +37,12 @@ const TOP_KEYS: &[&str] = &[
     "forwarding",
     "log",
     "rate_limit",
+    "shadow_policy",
+    "reload",
+    "shutdown_grace",
+    "upgrade_sock",
 ];
+const RELOAD_KEYS: &[&str] = &["watch", "interval"];
 const UPSTREAM_KEYS: &[&str] = &[
     "url",
     "connect_timeout",
@@ -47,6 +53,17 @@ const UPSTREAM_KEYS: &[&str] = &[
     "forward_authorization",
     "verify_tls",
     "sni",
+    "ca",
+    "client_certificate",
+    "client_key",
+];
+const LISTENER_KEYS: &[&str] = &["address", "tls", "plaintext"];
+const LISTENER_TLS_KEYS: &[&str] = &[
+    "certificate",
+    "key",
+    "client_ca",
+    "client_auth",
+    "reload_interval",
 ];
 const ISSUER_KEYS: &[&str] = &[
     "issuer",
@@ -119,6 +136,8 @@ const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
 const DEFAULT_ALLOW_QUERY_PARAMS: [&str; 5] =
     ["_count", "_sort", "_summary", "_elements", "_format"];
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// A certificate closer than this to its `notAfter` is a warning.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 pub(super) fn load(path: &Path) -> Result<Config, Diagnostics> {
     let (config, warnings) = load_with_warnings(path)?;
@@ -169,6 +188,11 @@ pub(super) fn load_str_with_warnings(
     let policy = parts.as_ref().and_then(|p| p.policy.as_ref());
     let loaded = policy
         .and_then(|(policy_path, mark, key)| load_policy(policy_path, *mark, key, path, &mut all));
+    // The shadow policy is compiled by the same loader: a candidate that would not load as
+    // the active policy is refused here too.
+    let shadow = parts.as_ref().and_then(|p| p.shadow_policy.as_ref());
+    let shadow_loaded =
+        shadow.map(|(shadow_path, mark, key)| load_policy(shadow_path, *mark, key, path, &mut all));
     if all.has_errors() {
         return Err(all);
     }
@@ -176,13 +200,20 @@ pub(super) fn load_str_with_warnings(
         // Unreachable: every `None` above came with an error.
         return Err(all);
     };
+    let shadow = match shadow_loaded {
+        None => None,
+        Some(Some(p)) => Some(p),
+        // Unreachable: a shadow policy that did not load came with an error.
+        Some(None) => return Err(all),
+    };
     let warnings = Diagnostics(
         all.0
             .into_iter()
             .chain(policy.warnings().0.iter().cloned())
+            .chain(shadow.iter().flat_map(|s| s.warnings().0.iter().cloned()))
             .collect(),
     );
-    Ok((parts.into_config(path, policy), warnings))
+    Ok((parts.into_config(path, policy, shadow), warnings))
 }
 
 fn log_warnings(warnings: &Diagnostics) {
@@ -226,7 +257,7 @@ fn load_policy(
 
 /// Everything but the policy, validated.
 struct Parts {
-    listen: Vec<SocketAddr>,
+    listeners: Vec<ListenerConfig>,
     admin_listen: SocketAddr,
     realm: String,
     threads: usize,
@@ -240,12 +271,22 @@ struct Parts {
     forwarding: ForwardingConfig,
     log: LogConfig,
     rate_limit: RateLimitConfig,
+    /// Resolved path of the shadow policy, where it is written, and its key.
+    shadow_policy: Option<(PathBuf, Mark, String)>,
+    reload: ReloadConfig,
+    shutdown_grace: Duration,
+    upgrade_sock: Option<PathBuf>,
 }
 
 impl Parts {
-    fn into_config(self, source: &Path, policy: Arc<Policy>) -> Config {
+    fn into_config(
+        self,
+        source: &Path,
+        policy: Arc<Policy>,
+        shadow_policy: Option<Arc<Policy>>,
+    ) -> Config {
         let Parts {
-            listen,
+            listeners,
             admin_listen,
             realm,
             threads,
@@ -258,10 +299,15 @@ impl Parts {
             forwarding,
             log,
             rate_limit,
+            shadow_policy: shadow_policy_path,
+            reload,
+            shutdown_grace,
+            upgrade_sock,
         } = self;
         Config {
             source: source.to_path_buf(),
-            listen,
+            listen: listeners.iter().map(|l| l.addr).collect(),
+            listeners,
             admin_listen,
             realm,
             threads,
@@ -275,6 +321,11 @@ impl Parts {
             rate_limit,
             policy_path: policy_path.map(|(p, _, _)| p).unwrap_or_default(),
             policy,
+            shadow_policy_path: shadow_policy_path.map(|(p, _, _)| p),
+            shadow_policy,
+            reload,
+            shutdown_grace,
+            upgrade_sock,
         }
     }
 }
@@ -284,12 +335,14 @@ impl Parts {
 fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
     let top = r.map(root, "", TOP_KEYS)?;
 
-    let listen = r.required(&top, "", "listen").and_then(|n| listen(r, n));
+    let listen = r
+        .required(&top, "", "listen")
+        .and_then(|n| listen(r, n, base_dir));
     let admin_listen = r
         .required(&top, "", "admin_listen")
         .and_then(|n| socket_addr(r, n, "admin_listen"));
     if let (Some(l), Some(a), Some(n)) = (&listen, admin_listen, top.get("admin_listen")) {
-        if l.contains(&a) {
+        if l.iter().any(|l| l.addr == a) {
             r.error(
                 n.mark,
                 "admin_listen",
@@ -326,7 +379,7 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
 
     let upstream = r
         .required(&top, "", "upstream")
-        .and_then(|n| upstream(r, n));
+        .and_then(|n| upstream(r, n, base_dir));
     let issuers = r
         .required(&top, "", "issuers")
         .and_then(|n| issuers(r, n, base_dir));
@@ -510,8 +563,66 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
 
     let rate_limit = crate::ratelimit::spec::read_config(r, top.get("rate_limit"));
 
+    let shadow_policy = match top.get("shadow_policy") {
+        None => Some(None),
+        Some(n) => r.string(n, "shadow_policy").and_then(|s| {
+            if s.is_empty() {
+                r.error(
+                    n.mark,
+                    "shadow_policy",
+                    "the shadow policy path is empty (omit the key to evaluate no shadow policy)",
+                );
+                return None;
+            }
+            Some(Some((base_dir.join(s), n.mark, "shadow_policy".to_owned())))
+        }),
+    };
+
+    let reload = section(r, &top, "reload", RELOAD_KEYS, |r, m| {
+        let watch = opt(r, m, "reload", "watch", true, |r, n, k| r.bool(n, k));
+        let interval = opt(
+            r,
+            m,
+            "reload",
+            "interval",
+            Duration::from_secs(2),
+            |r, n, k| positive(r, n, k, r_duration),
+        );
+        Some(ReloadConfig {
+            watch: watch?,
+            interval: interval?,
+        })
+    });
+
+    let shutdown_grace = match top.get("shutdown_grace") {
+        None => Some(Duration::from_secs(10)),
+        Some(n) => r.duration(n, "shutdown_grace").and_then(|d| {
+            // pingora counts the grace period in whole seconds.
+            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                r.error(
+                    n.mark,
+                    "shutdown_grace",
+                    "`shutdown_grace` must be between 1s and 1h",
+                );
+                return None;
+            }
+            Some(d)
+        }),
+    };
+
+    let upgrade_sock = match top.get("upgrade_sock") {
+        None => Some(None),
+        Some(n) => r.string(n, "upgrade_sock").and_then(|s| {
+            if s.is_empty() {
+                r.error(n.mark, "upgrade_sock", "the upgrade socket path is empty");
+                return None;
+            }
+            Some(Some(base_dir.join(s)))
+        }),
+    };
+
     Some(Parts {
-        listen: listen?,
+        listeners: listen?,
         admin_listen: admin_listen?,
         realm: realm?,
         threads: threads?,
@@ -524,6 +635,10 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
         forwarding: forwarding?,
         log: log?,
         rate_limit: rate_limit?,
+        shadow_policy: shadow_policy?,
+        reload: reload?,
+        shutdown_grace: shutdown_grace?,
+        upgrade_sock: upgrade_sock?,
     })
 }
 
@@ -628,8 +743,10 @@ fn last_key(k: &str) -> &str {
     k.rsplit('.').next().unwrap_or(k)
 }
 
-fn listen(r: &mut Reader<'_>, n: &Node) -> Option<Vec<SocketAddr>> {
-    let items: Vec<(Option<SocketAddr>, &Node)> = match &n.kind {
+/// `listen`: one address, or a list whose items are addresses or listener mappings
+/// (`address`, `tls`, `plaintext`).
+fn listen(r: &mut Reader<'_>, n: &Node, base_dir: &Path) -> Option<Vec<ListenerConfig>> {
+    let items: Vec<(Option<(ListenerConfig, Mark)>, String)> = match &n.kind {
         yaml::Kind::Seq(items) => {
             if items.is_empty() {
                 r.error(n.mark, "listen", "list at least one address");
@@ -638,28 +755,234 @@ fn listen(r: &mut Reader<'_>, n: &Node) -> Option<Vec<SocketAddr>> {
             items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| (socket_addr(r, item, &index("listen", i)), item))
+                .map(|(i, item)| {
+                    let key = index("listen", i);
+                    (listener(r, item, &key, base_dir), key)
+                })
                 .collect()
         }
-        _ => vec![(socket_addr(r, n, "listen"), n)],
+        _ => vec![(listener(r, n, "listen", base_dir), "listen".to_owned())],
     };
-    let mut out = Vec::with_capacity(items.len());
+    let mut out: Vec<ListenerConfig> = Vec::with_capacity(items.len());
     let mut ok = true;
-    for (i, (addr, node)) in items.iter().enumerate() {
-        match addr {
-            Some(a) if out.contains(a) => {
-                r.error(
-                    node.mark,
-                    &index("listen", i),
-                    format!("`{a}` is listed twice"),
-                );
+    for (item, key) in items {
+        match item {
+            Some((l, mark)) if out.iter().any(|o| o.addr == l.addr) => {
+                r.error(mark, &key, format!("`{}` is listed twice", l.addr));
                 ok = false;
             }
-            Some(a) => out.push(*a),
+            Some((l, _)) => out.push(l),
             None => ok = false,
         }
     }
     ok.then_some(out)
+}
+
+/// One listener: a bare address, or a mapping. Plain HTTP must be asked for with
+/// `plaintext: true`, except on a loopback address (the connection never leaves the host).
+/// HIPAA 164.312(e)(1): PHI and bearer tokens cross the network only encrypted.
+fn listener(
+    r: &mut Reader<'_>,
+    n: &Node,
+    key: &str,
+    base_dir: &Path,
+) -> Option<(ListenerConfig, Mark)> {
+    if !matches!(n.kind, yaml::Kind::Map(_)) {
+        let addr = socket_addr(r, n, key)?;
+        if !addr.ip().is_loopback() {
+            r.error(n.mark, key, plaintext_refused(addr));
+            return None;
+        }
+        return Some((ListenerConfig { addr, tls: None }, n.mark));
+    }
+    let m = r.map(n, key, LISTENER_KEYS)?;
+    let addr_node = r.required(&m, key, "address");
+    let addr = addr_node.and_then(|a| socket_addr(r, a, &join(key, "address")));
+    let plaintext = opt(r, &m, key, "plaintext", false, |r, n, k| r.bool(n, k));
+    let tls = match m.get("tls") {
+        None => Some(None),
+        Some(t) => listener_tls(r, t, &join(key, "tls"), base_dir).map(Some),
+    };
+    if plaintext == Some(true) && m.get("tls").is_some() {
+        let mark = m.get("plaintext").map_or(m.mark, |n| n.mark);
+        r.error(
+            mark,
+            &join(key, "plaintext"),
+            "`plaintext: true` contradicts `tls`; keep one",
+        );
+        return None;
+    }
+    let (addr, addr_node, plaintext, tls) = (addr?, addr_node?, plaintext?, tls?);
+    match (&tls, plaintext) {
+        (None, false) if !addr.ip().is_loopback() => {
+            r.error(
+                addr_node.mark,
+                &join(key, "address"),
+                plaintext_refused(addr),
+            );
+            return None;
+        }
+        (None, true) if !addr.ip().is_loopback() => {
+            let mark = m.get("plaintext").map_or(m.mark, |n| n.mark);
+            r.warning(
+                mark,
+                &join(key, "plaintext"),
+                format!("`{addr}` serves clients in plain HTTP: only behind a TLS-terminating proxy on a trusted network"),
+            );
+        }
+        _ => {}
+    }
+    Some((ListenerConfig { addr, tls }, addr_node.mark))
+}
+
+fn plaintext_refused(addr: SocketAddr) -> String {
+    format!("`{addr}` is not a loopback address and has no `tls`: clients would send tokens and PHI in plain HTTP; add `tls` (certificate and key), or, behind a TLS-terminating proxy on a trusted network, write `{{ address: \"{addr}\", plaintext: true }}`")
+}
+
+/// A listener's `tls:` block; the files are loaded now, so `fhirwall check` reports a bad
+/// certificate or key at its key.
+fn listener_tls(
+    r: &mut Reader<'_>,
+    n: &Node,
+    key: &str,
+    base_dir: &Path,
+) -> Option<ListenerTlsConfig> {
+    let m = r.map(n, key, LISTENER_TLS_KEYS)?;
+    let cert_node = r.required(&m, key, "certificate");
+    let key_node = r.required(&m, key, "key");
+    let identity = identity_files(
+        r,
+        cert_node,
+        key_node,
+        (&join(key, "certificate"), &join(key, "key")),
+        base_dir,
+    );
+    let client_ca = match m.get("client_ca") {
+        None => Some(None),
+        Some(n) => ca_file(r, n, &join(key, "client_ca"), base_dir).map(Some),
+    };
+    let mode = opt(r, &m, key, "client_auth", None, |r, n, k| {
+        match r.string(n, k)? {
+            "required" => Some(Some(ClientCertMode::Required)),
+            "optional" => Some(Some(ClientCertMode::Optional)),
+            other => {
+                r.error(
+                    n.mark,
+                    k,
+                    format!("unknown client_auth `{other}`; expected `required` or `optional`"),
+                );
+                None
+            }
+        }
+    });
+    let reload_interval = opt(
+        r,
+        &m,
+        key,
+        "reload_interval",
+        Duration::from_secs(5),
+        |r, n, k| positive(r, n, k, r_duration),
+    );
+    let (client_ca, mode) = (client_ca?, mode?);
+    let client_certs = match (client_ca, mode) {
+        (Some(ca), mode) => Some(ClientCertConfig {
+            ca,
+            // Fail closed: a CA given without a mode means certificates are required.
+            mode: mode.unwrap_or(ClientCertMode::Required),
+        }),
+        (None, None) => None,
+        (None, Some(_)) => {
+            let mark = m.get("client_auth").map_or(m.mark, |n| n.mark);
+            r.error(
+                mark,
+                &join(key, "client_auth"),
+                "`client_auth` needs `client_ca` (the CAs that issue client certificates)",
+            );
+            return None;
+        }
+    };
+    Some(ListenerTlsConfig {
+        identity: identity?,
+        client_certs,
+        reload_interval: reload_interval?,
+    })
+}
+
+/// A certificate chain and key file pair, loaded and checked to belong together: a problem
+/// with the certificate file is reported at `keys.0`, with the key (or the pair) at `keys.1`.
+fn identity_files(
+    r: &mut Reader<'_>,
+    cert: Option<&Node>,
+    key: Option<&Node>,
+    keys: (&str, &str),
+    base_dir: &Path,
+) -> Option<IdentityFiles> {
+    let cert = cert.and_then(|n| Some((non_empty_path(r, n, keys.0, base_dir)?, n.mark)));
+    let key = key.and_then(|n| Some((non_empty_path(r, n, keys.1, base_dir)?, n.mark)));
+    let ((cert_path, cert_mark), (key_path, key_mark)) = (cert?, key?);
+    let chain = crate::tls::load_certificates(&cert_path)
+        .map_err(|e| r.error(cert_mark, keys.0, e.to_string()))
+        .ok();
+    let private = crate::tls::load_private_key(&key_path)
+        .map_err(|e| r.error(key_mark, keys.1, e.to_string()))
+        .ok();
+    let files = IdentityFiles {
+        certificate: cert_path,
+        key: key_path,
+    };
+    let (chain, private) = (chain?, private?);
+    match crate::tls::Identity::new(chain, private, &files)
+        .and_then(|id| id.key_der_for_pingora(&files).map(|_| id))
+    {
+        Ok(id) => {
+            let left = id.not_after - time::OffsetDateTime::now_utc().unix_timestamp();
+            if left < EXPIRY_WARNING.as_secs() as i64 {
+                r.warning(
+                    cert_mark,
+                    keys.0,
+                    format!(
+                        "the certificate expires in {} days ({}); renew it",
+                        left / 86_400,
+                        crate::tls::rfc3339(id.not_after)
+                    ),
+                );
+            }
+            Some(files)
+        }
+        Err(e @ crate::tls::TlsFileError::Expired { .. }) => {
+            r.error(cert_mark, keys.0, e.to_string());
+            None
+        }
+        Err(e) => {
+            r.error(key_mark, keys.1, e.to_string());
+            None
+        }
+    }
+}
+
+/// A PEM CA bundle, loaded now.
+fn ca_file(r: &mut Reader<'_>, n: &Node, key: &str, base_dir: &Path) -> Option<PathBuf> {
+    let path = non_empty_path(r, n, key, base_dir)?;
+    match crate::tls::load_roots(&path) {
+        Ok(_) => Some(path),
+        Err(e) => {
+            r.error(n.mark, key, e.to_string());
+            None
+        }
+    }
+}
+
+fn non_empty_path(r: &mut Reader<'_>, n: &Node, key: &str, base_dir: &Path) -> Option<PathBuf> {
+    let s = r.string(n, key)?;
+    if s.is_empty() {
+        r.error(
+            n.mark,
+            key,
+            format!("the `{}` path is empty", last_key(key)),
+        );
+        return None;
+    }
+    Some(base_dir.join(s))
 }
 
 fn socket_addr(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<SocketAddr> {
@@ -694,7 +1017,7 @@ fn realm(r: &mut Reader<'_>, n: &Node) -> Option<String> {
     Some(s.to_owned())
 }
 
-fn upstream(r: &mut Reader<'_>, n: &Node) -> Option<UpstreamConfig> {
+fn upstream(r: &mut Reader<'_>, n: &Node, base_dir: &Path) -> Option<UpstreamConfig> {
     const K: &str = "upstream";
     let m = r.map(n, K, UPSTREAM_KEYS)?;
     let url = r
@@ -733,7 +1056,58 @@ fn upstream(r: &mut Reader<'_>, n: &Node) -> Option<UpstreamConfig> {
         }),
     }
     .or(Some(None));
+    let ca = match m.get("ca") {
+        None => Some(None),
+        Some(n) => ca_file(r, n, "upstream.ca", base_dir).map(Some),
+    };
+    let client_identity = match (m.get("client_certificate"), m.get("client_key")) {
+        (None, None) => Some(None),
+        (Some(c), Some(k)) => identity_files(
+            r,
+            Some(c),
+            Some(k),
+            ("upstream.client_certificate", "upstream.client_key"),
+            base_dir,
+        )
+        .map(Some),
+        (Some(n), None) => {
+            r.error(
+                n.mark,
+                "upstream.client_certificate",
+                "`client_certificate` needs `client_key` (mTLS to the upstream)",
+            );
+            None
+        }
+        (None, Some(n)) => {
+            r.error(
+                n.mark,
+                "upstream.client_key",
+                "`client_key` needs `client_certificate` (mTLS to the upstream)",
+            );
+            None
+        }
+    };
     let (tls, host, port) = url?;
+    if !tls {
+        // TLS settings on a plain-http upstream would suggest a protection that is not there.
+        for k in ["ca", "client_certificate", "client_key"] {
+            if let Some(n) = m.get(k) {
+                r.error(
+                    n.mark,
+                    &join(K, k),
+                    format!("`{k}` is only used with an `https://` upstream URL"),
+                );
+            }
+        }
+        if let Some(n) = m.get("url").filter(|_| !is_loopback(&host)) {
+            r.warning(
+                n.mark,
+                "upstream.url",
+                "plain http to another host: requests, PHI and any forwarded credentials cross the network unencrypted; use `https://`",
+            );
+        }
+    }
+    let (ca, client_identity) = (ca?, client_identity?);
     let sni = sni?.unwrap_or_else(|| {
         host.trim_start_matches('[')
             .trim_end_matches(']')
@@ -751,6 +1125,8 @@ fn upstream(r: &mut Reader<'_>, n: &Node) -> Option<UpstreamConfig> {
         forward_authorization: forward_authorization?,
         verify_tls: verify_tls?,
         sni,
+        ca: if tls { ca } else { None },
+        client_identity: if tls { client_identity } else { None },
     })
 }
 
@@ -1430,3 +1806,5 @@ fn algorithms(r: &mut Reader<'_>, n: &Node, key: &str) -> Option<Vec<Algorithm>>
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

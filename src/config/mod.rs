@@ -23,8 +23,10 @@ use crate::policy::Policy;
 pub struct Config {
     /// The file this was loaded from (for messages and reload).
     pub source: PathBuf,
-    /// Addresses the proxy listens on for clients.
+    /// Addresses the proxy listens on for clients (the addresses of `listeners`, in order).
     pub listen: Vec<SocketAddr>,
+    /// The proxy listeners: address, and TLS unless explicitly plaintext.
+    pub listeners: Vec<ListenerConfig>,
     /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub admin_listen: SocketAddr,
     /// The `realm` of `WWW-Authenticate` challenges.
@@ -51,6 +53,38 @@ pub struct Config {
     pub policy_path: PathBuf,
     /// The compiled policy.
     pub policy: Arc<Policy>,
+    /// Path of the shadow policy (resolved), when one is configured.
+    pub shadow_policy_path: Option<PathBuf>,
+    /// A candidate policy evaluated beside the active one on live traffic; its decisions
+    /// are only compared and counted, never enforced.
+    pub shadow_policy: Option<Arc<Policy>>,
+    /// Hot reload of this file and the policies it names.
+    pub reload: ReloadConfig,
+    /// How long in-flight requests may take to finish after SIGTERM (whole seconds).
+    pub shutdown_grace: Duration,
+    /// Unix socket through which listeners are handed to a new process on upgrade
+    /// (`serve --upgrade`, then SIGQUIT to the old one); `None`: a per-process path, so no
+    /// upgrade is possible.
+    pub upgrade_sock: Option<PathBuf>,
+}
+
+/// Hot reload: besides SIGHUP, the configuration file and the policy files are polled
+/// for content changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// Poll the files and reload when their content changes (default true).
+    pub watch: bool,
+    /// How often the files are polled (default 2 s).
+    pub interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// The FHIR (or legacy) backend requests are forwarded to.
@@ -79,6 +113,59 @@ pub struct UpstreamConfig {
     pub verify_tls: bool,
     /// SNI / certificate name to expect; defaults to `host`.
     pub sni: String,
+    /// CA bundle the upstream's certificate must chain to (https only); `None`: the system
+    /// roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key presented to the upstream (mTLS, https only).
+    pub client_identity: Option<IdentityFiles>,
+}
+
+/// One proxy listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// TLS termination; `None`: plain HTTP, which the file must ask for explicitly
+    /// (`plaintext: true`) unless the address is a loopback one.
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// TLS termination on one listener (HIPAA 164.312(e)(1) transmission security).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTlsConfig {
+    /// The certificate chain and private key served; re-read when the files change.
+    pub identity: IdentityFiles,
+    /// Client certificates (mTLS), when configured.
+    pub client_certs: Option<ClientCertConfig>,
+    /// How often the certificate and key files are checked for a change.
+    pub reload_interval: Duration,
+}
+
+/// A PEM certificate chain (leaf first) and the PEM private key of its leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityFiles {
+    /// The certificate chain file.
+    pub certificate: PathBuf,
+    /// The private key file (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+}
+
+/// Client certificate verification on a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertConfig {
+    /// PEM bundle of the CAs that issue client certificates.
+    pub ca: PathBuf,
+    /// Whether a client must present one.
+    pub mode: ClientCertMode,
+}
+
+/// Whether a TLS client must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertMode {
+    /// A handshake without a valid client certificate fails.
+    Required,
+    /// A client may present none; one that it presents must be valid.
+    Optional,
 }
 
 /// One trusted token issuer.

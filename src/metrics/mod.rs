@@ -4,8 +4,8 @@
 //! request data: no ids, tokens or paths ever become a label value.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets (seconds) from 100 µs to 30 s.
@@ -77,8 +77,25 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     /// `fhirwall_audit_queue_depth`.
     pub audit_queue_depth: IntGauge,
-    /// `fhirwall_policy_info{version}`: 1 for the active policy.
+    /// `fhirwall_policy_info{version}`: 1 for the active policy; the previous version's
+    /// series is removed when a reload swaps it.
     pub policy_info: IntGaugeVec,
+    /// `fhirwall_shadow_policy_info{version}`: 1 for the shadow policy, when one is configured.
+    pub shadow_policy_info: IntGaugeVec,
+    /// `fhirwall_reloads_total{result}`: reload attempts, `success` or `failure`.
+    pub reloads: IntCounterVec,
+    /// `fhirwall_config_last_reload_successful`: 0 while the files on disk are refused (the
+    /// last good version keeps serving), else 1.
+    pub config_last_reload_successful: IntGauge,
+    /// `fhirwall_last_reload_success_timestamp_seconds`: when the running configuration was
+    /// applied (startup counts), Unix seconds.
+    pub last_reload_success_timestamp: Gauge,
+    /// `fhirwall_shadow_evaluations_total`: requests the shadow policy was compared on.
+    pub shadow_evaluations: IntCounter,
+    /// `fhirwall_shadow_decisions_total{active,shadow,rule}`: requests on which the shadow
+    /// policy decided differently, by the active and the shadow outcome (`allow` or the deny
+    /// reason code) and the shadow decision's route id.
+    pub shadow_decisions: IntCounterVec,
     /// `fhirwall_ready`: 1 when `/readyz` answers 200.
     pub ready: IntGauge,
     /// `fhirwall_build_info{version}`.
@@ -160,6 +177,19 @@ pub mod names {
     pub const AUDIT_QUEUE_DEPTH: &str = "fhirwall_audit_queue_depth";
     /// Active policy version.
     pub const POLICY_INFO: &str = "fhirwall_policy_info";
+    /// Shadow policy version.
+    pub const SHADOW_POLICY_INFO: &str = "fhirwall_shadow_policy_info";
+    /// Reload attempts by result.
+    pub const RELOADS: &str = "fhirwall_reloads_total";
+    /// Whether the last reload attempt succeeded.
+    pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "fhirwall_config_last_reload_successful";
+    /// When the running configuration was applied.
+    pub const LAST_RELOAD_SUCCESS_TIMESTAMP: &str =
+        "fhirwall_last_reload_success_timestamp_seconds";
+    /// Requests compared against the shadow policy.
+    pub const SHADOW_EVALUATIONS: &str = "fhirwall_shadow_evaluations_total";
+    /// Requests the shadow policy decided differently.
+    pub const SHADOW_DECISIONS: &str = "fhirwall_shadow_decisions_total";
     /// Readiness.
     pub const READY: &str = "fhirwall_ready";
     /// Build information.
@@ -323,6 +353,40 @@ impl Metrics {
             ),
             audit_queue_depth: gauge(AUDIT_QUEUE_DEPTH, "Audit records waiting to be written."),
             policy_info: gauge_vec(POLICY_INFO, "The active policy version (content hash).", &["version"]),
+            shadow_policy_info: gauge_vec(
+                SHADOW_POLICY_INFO,
+                "The shadow policy version (content hash), when one is configured.",
+                &["version"],
+            ),
+            reloads: counter_vec(
+                RELOADS,
+                "Configuration and policy reload attempts, by result (success, failure).",
+                &["result"],
+            ),
+            config_last_reload_successful: gauge(
+                CONFIG_LAST_RELOAD_SUCCESSFUL,
+                "1 when the last reload attempt succeeded (or none was made), 0 while the files are refused.",
+            ),
+            last_reload_success_timestamp: {
+                let g = Gauge::new(
+                    LAST_RELOAD_SUCCESS_TIMESTAMP,
+                    "When the running configuration was applied (startup or reload), in Unix seconds.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            shadow_evaluations: counter(
+                SHADOW_EVALUATIONS,
+                "Requests whose decision was compared with the shadow policy's.",
+            ),
+            shadow_decisions: counter_vec(
+                SHADOW_DECISIONS,
+                "Requests the shadow policy decided differently, by active and shadow outcome (allow or deny reason) and shadow route id.",
+                &["active", "shadow", "rule"],
+            ),
             ready: gauge(READY, "1 when the gateway is ready to serve (policy and keys loaded)."),
             build_info: gauge_vec(BUILD_INFO, "Build information.", &["version"]),
             rate_limited: counter_vec(

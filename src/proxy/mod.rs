@@ -70,6 +70,8 @@ pub struct Runtime {
     pub audit_allow_query: Vec<String>,
     /// The policy's quotas and distinct-patients guard, with their state.
     pub limiter: Arc<Limiter>,
+    /// A candidate policy decided beside the active one and only compared ([`crate::shadow`]).
+    pub shadow: Option<Arc<Policy>>,
 }
 
 /// The gateway: fhirwall's [`ProxyHttp`] implementation.
@@ -1050,6 +1052,11 @@ impl ProxyHttp for Gateway {
             )),
         };
         let decision = self.limit_after_auth(session, &rt, ctx, decision).await;
+        if let Some(shadow) = rt.shadow.as_deref() {
+            // Compared, never enforced (crate::shadow): the active decision is final here.
+            let (req, who) = (session.req_header(), ctx.principal.as_deref());
+            crate::shadow::observe(shadow, req, who, &decision, &ctx.request_id, &self.metrics);
+        }
         let denied = match &decision {
             Decision::Deny(d) => {
                 log_denial(d, &ctx.request_id);
@@ -1309,8 +1316,8 @@ impl ProxyHttp for Gateway {
 
 /// `X-Forwarded-Proto` of requests sent upstream (streaming and exchange paths alike): the
 /// scheme the client used to reach the gateway.
-fn forwarded_proto(_session: &Session) -> &'static str {
-    "http"
+fn forwarded_proto(session: &Session) -> &'static str {
+    crate::tls::forwarded_proto(session)
 }
 
 /// Whether a FHIR request can be one of the public interactions (SMART-SEMANTICS §9:

@@ -2,11 +2,14 @@
 //! the way there and back.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
 use crate::config::{ForwardingConfig, UpstreamConfig};
+use crate::tls::{Identity, TlsFileError};
 
 /// `X-Request-Id`.
 pub const X_REQUEST_ID: &str = "x-request-id";
@@ -54,6 +57,9 @@ pub enum UpstreamError {
         /// The resolver's error.
         source: std::io::Error,
     },
+    /// The CA bundle or client certificate did not load.
+    #[error("upstream TLS: {0}")]
+    Tls(#[from] TlsFileError),
 }
 
 // === impl Upstream ===
@@ -82,8 +88,29 @@ impl Upstream {
         o.total_connection_timeout = Some(cfg.connect_timeout.min(cfg.total_timeout));
         o.write_timeout = Some(cfg.write_timeout);
         o.idle_timeout = Some(cfg.idle_timeout);
+        // pingora's rustls connector: with `verify_cert` it checks the chain against `ca` (or
+        // the system roots) and the name against the SNI (`verify_hostname`); an empty SNI
+        // would turn verification off, which the configuration never produces.
         o.verify_cert = cfg.verify_tls;
         o.verify_hostname = cfg.verify_tls;
+        if cfg.tls {
+            if let Some(ca) = &cfg.ca {
+                let certs = crate::tls::load_certificates(ca)?;
+                // Each certificate was parsed by `load_certificates`, so `parse_x509` (which
+                // panics on bad DER) cannot fail here.
+                let ca: Vec<WrappedX509> = certs
+                    .into_iter()
+                    .map(|c| WrappedX509::new(c.to_vec(), parse_x509))
+                    .collect();
+                o.ca = Some(Arc::from(ca));
+            }
+            if let Some(files) = &cfg.client_identity {
+                let id = Identity::load(files)?;
+                let key = id.key_der_for_pingora(files)?;
+                let chain = id.chain.iter().map(|c| c.to_vec()).collect();
+                peer.client_cert_key = Some(Arc::new(CertKey::new(chain, key)));
+            }
+        }
         Ok(Upstream {
             peer,
             total_timeout: cfg.total_timeout,

@@ -55,6 +55,7 @@ pub struct GatewayBuilder {
     issuers: Vec<Yaml>,
     policy: Option<PolicySource>,
     overrides: Vec<Yaml>,
+    listen_options: Option<Yaml>,
     env: Vec<(String, String)>,
     ready_timeout: Option<Duration>,
 }
@@ -147,6 +148,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Writes the proxy listener as a mapping, `listen: [{ address: ADDR, ..options }]`, e.g.
+    /// `"{ tls: { certificate: /tmp/c.pem, key: /tmp/k.pem } }"` or `"{ plaintext: true }"`.
+    pub fn listen_options(mut self, yaml: &str) -> Self {
+        self.listen_options = Some(parse_yaml(yaml));
+        self
+    }
+
     /// Sets an environment variable of the child (e.g. `RUST_LOG`).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
@@ -162,7 +170,18 @@ impl GatewayBuilder {
     /// The config YAML this builder would write for these ports and folder.
     pub fn render_config(&self, dir: &Path, listen: SocketAddr, admin: SocketAddr) -> String {
         let mut root = Mapping::new();
-        root.insert("listen".into(), listen.to_string().into());
+        match &self.listen_options {
+            None => {
+                root.insert("listen".into(), listen.to_string().into());
+            }
+            Some(options) => {
+                let mut entry = Mapping::new();
+                entry.insert("address".into(), listen.to_string().into());
+                let mut entry = Yaml::Mapping(entry);
+                merge(&mut entry, options);
+                root.insert("listen".into(), Yaml::Sequence(vec![entry]));
+            }
+        }
         root.insert("admin_listen".into(), admin.to_string().into());
         let policy = match &self.policy {
             Some(PolicySource::File(path)) => path.display().to_string(),

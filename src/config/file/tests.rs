@@ -114,6 +114,8 @@ fn defaults_fill_every_optional_key() {
             forward_authorization: false,
             verify_tls: true,
             sni: "127.0.0.1".into(),
+            ca: None,
+            client_identity: None,
         }
     );
     assert_eq!(
@@ -608,6 +610,54 @@ fn bad_audit_settings_are_named_at_their_position() {
         errors
             .iter()
             .any(|e| e.contains("audit.checkpoint | `checkpoint` needs a file")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn reload_shadow_and_process_keys_have_defaults_and_are_read() {
+    let f = Fixture::new();
+    let (c, _) = f.load(MINIMAL).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(c.reload, ReloadConfig::default());
+    assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    assert_eq!((c.upgrade_sock, c.shadow_policy_path), (None, None));
+    assert!(c.shadow_policy.is_none());
+
+    let src = format!(
+        "{MINIMAL}shadow_policy: policy.yaml\nreload: {{ watch: false, interval: 500ms }}\nshutdown_grace: 30s\nupgrade_sock: run/up.sock\n"
+    );
+    let (c, _) = f.load(&src).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        c.reload,
+        ReloadConfig {
+            watch: false,
+            interval: Duration::from_millis(500)
+        }
+    );
+    assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.upgrade_sock, Some(f.dir.path().join("run/up.sock")));
+    assert_eq!(c.shadow_policy_path, Some(f.dir.path().join("policy.yaml")));
+    let shadow = c.shadow_policy.expect("shadow policy loaded");
+    assert_eq!(shadow.version(), c.policy.version());
+}
+
+#[test]
+fn bad_reload_shadow_and_process_keys_are_errors_at_their_position() {
+    let f = Fixture::new();
+    let src =
+        format!("{MINIMAL}reload: {{ interval: 0s }}\nshutdown_grace: 500ms\nupgrade_sock: \"\"\n");
+    assert_eq!(
+        f.errors(&src),
+        [
+            "fhirwall.yaml:9:21 reload.interval | `interval` must be greater than zero",
+            "fhirwall.yaml:10:17 shutdown_grace | `shutdown_grace` must be between 1s and 1h",
+            "fhirwall.yaml:11:15 upgrade_sock | the upgrade socket path is empty",
+        ]
+    );
+    let errors = f.errors(&format!("{MINIMAL}shadow_policy: missing.yaml\n"));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("fhirwall.yaml:9:16 shadow_policy | cannot read the policy file"),
         "{errors:#?}"
     );
 }
