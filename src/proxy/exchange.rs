@@ -215,10 +215,20 @@ pub fn read_header(
 
 /// The response header sent to the client for a body fhirwall replaced or holds: the
 /// upstream's header with the framing of `len` bytes.
-pub fn framed(mut header: ResponseHeader, len: usize) -> pingora::Result<ResponseHeader> {
+pub fn framed(header: ResponseHeader, len: usize) -> pingora::Result<ResponseHeader> {
+    let mut header = relayed(header);
     header.remove_header(&http::header::TRANSFER_ENCODING);
     header.insert_header(http::header::CONTENT_LENGTH, len)?;
     Ok(header)
+}
+
+/// The upstream's response header as relayed to the client: without the hop-by-hop fields
+/// of the upstream connection (RFC 9110 §7.6.1), which say nothing about the client's.
+pub fn relayed(mut header: ResponseHeader) -> ResponseHeader {
+    for h in ["connection", "keep-alive", "proxy-connection"] {
+        header.remove_header(h);
+    }
+    header
 }
 
 fn set_target(req: &mut RequestHeader, path_and_query: &str) -> pingora::Result<()> {

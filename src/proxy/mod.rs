@@ -250,7 +250,9 @@ impl Gateway {
                 )))
             }
         };
-        if route.is_none() {
+        if route.is_none() && matches!(req.method, http::Method::GET | http::Method::HEAD) {
+            // Only a read of the link is a page request: a write to the same URL is decided
+            // as what it is (a POST of a Bundle there is not the search it was linked from).
             ctx.page_of = self.pages.lookup(path, query);
         }
         let facts = |page_of| RequestFacts {
@@ -773,7 +775,7 @@ impl Gateway {
         mut up: Upstreamed,
         remember: Option<Arc<Remembered>>,
     ) -> pingora::Result<()> {
-        let mut header = up.header.clone();
+        let mut header = exchange::relayed(up.header.clone());
         self.finish_response_header(session, &mut header, ctx)
             .await?;
         let head = session.req_header().method == http::Method::HEAD;

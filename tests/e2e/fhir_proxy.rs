@@ -523,3 +523,25 @@ async fn a_batch_read_of_another_patients_resource_becomes_a_403_entry() {
         "nothing of it leaks"
     );
 }
+
+#[tokio::test]
+async fn a_write_to_a_remembered_page_link_is_not_decided_as_the_search() {
+    let stack = stack().await;
+    let token = stack.token("patient/Observation.rs", true);
+    let next = "/fhir?_getpages=w1&_getpagesoffset=10";
+    stack
+        .backend
+        .set_reply_for_path("/fhir/Observation", fhir_reply(200, &searchset(next)));
+    let response = stack
+        .get("/fhir/Observation?patient=123", Some(&token))
+        .await;
+    assert_eq!(response.status(), 200);
+    stack.backend.clear_requests();
+    // A transaction posted to the page URL is a transaction: refused for these scopes.
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "request": { "method": "DELETE", "url": "Patient/456" } },
+    ]});
+    let response = post(&stack, next, &token, bundle.to_string()).await;
+    assert_eq!(response.status(), 403);
+    stack.assert_backend_untouched();
+}
