@@ -1,5 +1,6 @@
-//! Per-request decision cost: `Policy::route` + `Policy::authorize`, as the proxy runs them
-//! for every request once the token is verified.
+//! Per-request decision cost: `Policy::route` + `Policy::authorize` (or, for requests no
+//! explicit route matches under the `fhir:` base, `FhirSection::assess`), as the proxy runs
+//! them for every request once the token is verified.
 //!
 //! Two requests (a patient-bound read by id and a patient-bound search) against two policies:
 //! the shipped `policies/fhir-r4.yaml` and the same policy with 1,000 generated routes added
@@ -14,6 +15,11 @@
 //! `cached-opaque-*` measures the same for an opaque token whose RFC 7662 introspection
 //! answer (from a loopback endpoint, asked once) is in the cache.
 //!
+//! The `fhir` group measures the FHIR engine under a policy `fhir:` section (issue 3):
+//! classification + decision per request ([`FhirSection::assess`]) for an instance read, a
+//! search with `_include`/`_revinclude`, and a 50-entry transaction Bundle (assessed with its
+//! body, as the proxy does after `NeedsBody`).
+//!
 //! Run: `cargo bench --bench decision` (`-- --quick` for a short run).
 
 use std::fmt::Write as _;
@@ -26,7 +32,8 @@ use http::Method;
 
 use fhirwall::auth::Principal;
 use fhirwall::policy::scope::GrantedScopes;
-use fhirwall::policy::{Decision, Policy};
+use fhirwall::policy::smart::{Assessment, FhirRequest, FhirSection};
+use fhirwall::policy::{Decision, DenyReason, Policy};
 
 fn shipped_source() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/fhir-r4.yaml");
@@ -35,7 +42,9 @@ fn shipped_source() -> String {
 
 /// The shipped policy plus `n` generated routes.
 fn large_source(n: usize) -> String {
-    let mut src = shipped_source();
+    // The shipped policy needs no explicit routes (`routes: []`); the generated ones are
+    // matched first, and a request no route matches goes to the FHIR engine.
+    let mut src = shipped_source().replace("routes: []", "routes:");
     for i in 0..n {
         if i % 2 == 0 {
             write!(
@@ -70,9 +79,29 @@ fn principal() -> Principal {
     }
 }
 
+/// The proxy's routing order (smart-api.md): an explicit route decides; otherwise a request
+/// under the `fhir:` base is assessed by the FHIR engine; otherwise no route.
 fn decide(p: &Policy, path: &str, query: Option<&str>, who: &Principal) -> Decision {
-    match p.route(&Method::GET, path) {
+    let get = Method::GET;
+    match p.route(&get, path) {
         Ok(m) => p.authorize(&m, path, query, Some(who)),
+        Err(d) if d.reason == DenyReason::NoRoute => match p.fhir() {
+            Some(fhir) if path.starts_with(fhir.base_path()) => {
+                let req = FhirRequest {
+                    method: &get,
+                    path,
+                    query,
+                    if_none_exist: None,
+                    content_type: None,
+                    body: None,
+                };
+                match fhir.assess(&req, Some(who)) {
+                    Assessment::Verdict(v) => v.decision,
+                    Assessment::NeedsBody { .. } => Decision::Deny(d),
+                }
+            }
+            _ => Decision::Deny(d),
+        },
         Err(d) => Decision::Deny(d),
     }
 }
@@ -308,5 +337,127 @@ fn cfg_for_introspection(issuer: &str) -> fhirwall::config::IssuerConfig {
     }
 }
 
-criterion_group!(benches, bench, bench_request);
+/// A policy whose `/fhir` base is enforced by the FHIR engine (no explicit routes needed).
+const FHIR_POLICY: &str = r#"version: 1
+base_path: /fhir
+fhir:
+  version: R4
+  max_body_bytes: 1048576
+routes:
+  - id: legacy-report
+    methods: [GET]
+    path: /legacy/report
+    scopes: { any_of: [user/Basic.r] }
+"#;
+
+/// A transaction Bundle of `n` Observation creates for Patient/123.
+fn transaction(n: usize) -> Vec<u8> {
+    let entries: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "fullUrl": format!("urn:uuid:00000000-0000-4000-8000-{i:012}"),
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "category": [{ "coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }] }],
+                    "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4" }] },
+                    "subject": { "reference": "Patient/123" },
+                    "valueQuantity": { "value": 60 + i, "unit": "/min" },
+                },
+                "request": { "method": "POST", "url": "Observation" },
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": entries,
+    }))
+    .expect("serializes")
+}
+
+/// Classification + decision of one request; a `NeedsBody` answer is assessed again with
+/// `body`, exactly as the proxy does.
+fn assess(fhir: &FhirSection, req: &FhirRequest<'_>, body: Option<&[u8]>, who: &Principal) -> bool {
+    match fhir.assess(req, Some(who)) {
+        Assessment::Verdict(v) => v.decision.permit().is_some(),
+        Assessment::NeedsBody { max } => {
+            let body = body.expect("the engine asked for a body");
+            assert!(body.len() <= max, "bench body fits the bound");
+            let with_body = FhirRequest {
+                body: Some(body),
+                ..*req
+            };
+            match fhir.assess(&with_body, Some(who)) {
+                Assessment::Verdict(v) => v.decision.permit().is_some(),
+                Assessment::NeedsBody { .. } => panic!("asked for the body twice"),
+            }
+        }
+    }
+}
+
+fn bench_fhir(c: &mut Criterion) {
+    let policy = Policy::parse(FHIR_POLICY, Path::new("fhir.yaml")).expect("loads");
+    let fhir = policy.fhir().expect("the policy has a fhir: section");
+    let mut who = principal();
+    who.scopes = GrantedScopes::parse(
+        "openid fhirUser launch/patient patient/Patient.rs patient/Observation.crs \
+         patient/Practitioner.rs patient/Provenance.rs"
+            .split_whitespace(),
+    );
+    let get = Method::GET;
+    let post = Method::POST;
+    let read = FhirRequest {
+        method: &get,
+        path: "/fhir/Patient/123",
+        query: None,
+        if_none_exist: None,
+        content_type: None,
+        body: None,
+    };
+    let search = FhirRequest {
+        method: &get,
+        path: "/fhir/Observation",
+        query: Some(
+            "patient=123&category=vital-signs&_count=50\
+             &_include=Observation:performer:Practitioner&_revinclude=Provenance:target",
+        ),
+        if_none_exist: None,
+        content_type: None,
+        body: None,
+    };
+    let bundle = transaction(50);
+    let tx = FhirRequest {
+        method: &post,
+        path: "/fhir",
+        query: None,
+        if_none_exist: None,
+        content_type: Some("application/fhir+json"),
+        body: None,
+    };
+    // Sanity: all three are allowed, so the allow path (every requirement met) is measured.
+    assert!(assess(fhir, &read, None, &who), "read allowed");
+    assert!(assess(fhir, &search, None, &who), "search allowed");
+    assert!(
+        assess(fhir, &tx, Some(&bundle), &who),
+        "transaction allowed"
+    );
+
+    let mut g = c.benchmark_group("fhir");
+    g.bench_function("classify+decide/read", |b| {
+        b.iter(|| assess(fhir, black_box(&read), None, &who))
+    });
+    g.bench_function("classify+decide/search-with-includes", |b| {
+        b.iter(|| assess(fhir, black_box(&search), None, &who))
+    });
+    g.bench_function("classify+decide/transaction-50", |b| {
+        b.iter(|| assess(fhir, black_box(&tx), Some(black_box(&bundle)), &who))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_request, bench_fhir);
 criterion_main!(benches);

@@ -23,6 +23,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod backend;
+pub mod fhir_backend;
 pub mod gateway;
 pub mod idp;
 pub mod issuer;
