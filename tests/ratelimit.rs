@@ -323,12 +323,13 @@ async fn the_distinct_patients_guard_in_alert_mode_serves_and_records_the_alert(
 fn check_reports_rate_limit_errors_with_their_position() {
     let check = |policy: String, config: &str| {
         let dir = tempfile::tempdir().unwrap();
+        let [a, b] = free_ports();
         let path = Gateway::builder()
             .upstream("http://127.0.0.1:9")
             .issuer_url("https://idp.example", &[TEST_AUDIENCE])
             .policy_yaml(policy)
             .config_override(config)
-            .write_config(dir.path(), free_port(), free_port());
+            .write_config(dir.path(), a, b);
         let (code, stdout, stderr) =
             run_cli_in(dir.path(), &["check", "--config", path.to_str().unwrap()]);
         (code, format!("{stdout}{stderr}"))

@@ -297,8 +297,7 @@ async fn the_builder_writes_the_config_the_gateway_expects() {
     let issuer = TestIssuer::start();
     let backend = TestBackend::start();
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_port();
-    let admin = free_port();
+    let [listen, admin] = free_ports();
     let builder = Gateway::builder()
         .backend(&backend)
         .issuer(&issuer)

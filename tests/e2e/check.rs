@@ -14,7 +14,10 @@ fn builder() -> GatewayBuilder {
 
 /// Writes `config.yaml` (+ `policy.yaml` when inline) into `dir` and returns its path.
 fn write(dir: &Path, builder: &GatewayBuilder) -> PathBuf {
-    builder.write_config(dir, free_port(), free_port())
+    {
+        let [listen, admin] = free_ports();
+        builder.write_config(dir, listen, admin)
+    }
 }
 
 /// Runs `fhirwall check --config PATH` from `dir`.

@@ -237,11 +237,12 @@ async fn the_shadow_policy_is_reloaded_with_the_rest() {
 async fn a_broken_shadow_policy_is_a_configuration_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("shadow.yaml"), "version: 1\nroutes: 7\n").expect("write");
+    let [a, b] = free_ports();
     let config = Gateway::builder()
         .upstream("http://127.0.0.1:9")
         .issuer_url("http://127.0.0.1:9", &["aud"])
         .config_override("{ shadow_policy: shadow.yaml }")
-        .write_config(dir.path(), free_port(), free_port());
+        .write_config(dir.path(), a, b);
     let (code, out, _) = run_cli(&["check", "--config", config.to_str().expect("utf-8")]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("shadow.yaml:2:"), "{out}");

@@ -267,8 +267,7 @@ impl GatewayBuilder {
 
     fn spawn_once(&self) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr = free_port();
-        let admin_addr = free_port();
+        let [addr, admin_addr] = free_ports();
         let config_path = self.write_config(dir.path(), addr, admin_addr);
         let config = std::fs::read_to_string(&config_path).expect("read config back");
         let mut command = Command::new(BIN);
@@ -574,6 +573,15 @@ pub fn run_cli_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
 pub fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr")
+}
+
+/// `N` distinct loopback addresses with ports that were free a moment ago: every listener is
+/// held until all are picked, so two calls in a row cannot return the same port.
+pub fn free_ports<const N: usize>() -> [SocketAddr; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr"))
 }
 
 /// Reads a child pipe to its end on a thread, so the child never blocks on a full pipe.

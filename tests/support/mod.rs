@@ -33,7 +33,8 @@ pub mod server;
 
 pub use backend::{echoed, RecordedRequest, Reply, TestBackend, ECHO_HEADER, FHIR_JSON};
 pub use gateway::{
-    free_port, run_cli, run_cli_in, Gateway, GatewayBuilder, StartFailure, SAMPLE_POLICY,
+    free_port, free_ports, run_cli, run_cli_in, Gateway, GatewayBuilder, StartFailure,
+    SAMPLE_POLICY,
 };
 pub use issuer::{
     decode_claims_unverified, hs256_with_public_key, unix_now, unsigned_alg_none,
