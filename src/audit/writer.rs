@@ -183,13 +183,7 @@ impl Writer {
                 events,
             }),
             flush_interval,
-            // Strict commits wait for the writer: no pause there. A quarter of the interval
-            // at most, so a short `flush_interval` still batches as configured.
-            gather: if strict {
-                Duration::ZERO
-            } else {
-                tuning.gather.min(flush_interval / 4)
-            },
+            gather: gather_pause(strict, flush_interval, tuning.gather),
             tuning,
             _alive: AliveGuard(shared.clone()),
             shared,
@@ -481,6 +475,17 @@ fn write_all_from(writer: &mut dyn Write, buf: &[u8], written: &mut usize) -> io
     Ok(())
 }
 
+/// The writer's pause after draining the queue (see [`Tuning::gather`]). Strict commits wait
+/// for the writer: no pause there. At most a quarter of the interval, so a short
+/// `flush_interval` still writes about as often as configured.
+fn gather_pause(strict: bool, flush_interval: Duration, configured: Duration) -> Duration {
+    if strict {
+        Duration::ZERO
+    } else {
+        configured.min(flush_interval / 4)
+    }
+}
+
 /// `since + interval`, saturating for absurd intervals instead of panicking.
 fn deadline(since: Instant, interval: Duration) -> Instant {
     since
@@ -610,5 +615,24 @@ impl Drop for AliveGuard {
     fn drop(&mut self) {
         self.0.writer_alive.store(false, Ordering::Release);
         self.0.progress.send_modify(|p| p.stopped = true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_durability_never_pauses_and_batched_pauses_at_most_a_quarter_interval() {
+        let five = Duration::from_millis(5);
+        assert_eq!(
+            gather_pause(true, Duration::from_secs(1), five),
+            Duration::ZERO
+        );
+        assert_eq!(gather_pause(false, Duration::from_millis(100), five), five);
+        assert_eq!(
+            gather_pause(false, Duration::from_millis(8), five),
+            Duration::from_millis(2)
+        );
     }
 }
