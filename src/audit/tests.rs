@@ -840,7 +840,11 @@ mod chained {
             .unwrap();
         std::io::Write::write_all(&mut f, b"x").unwrap();
         assert!(Index::open_fresh(&first).unwrap().is_none());
-        std::fs::remove_file(index_path(&t.files()[1])).unwrap();
+        // Indexes are built on a background thread at rotation: wait for the second one too
+        // before removing it.
+        let second = t.files()[1].clone();
+        eventually("the second index", || index_path(&second).exists()).await;
+        std::fs::remove_file(index_path(&second)).unwrap();
         let filter = crate::audit::query::Filter {
             key: Key::Patient,
             value: "4".into(),

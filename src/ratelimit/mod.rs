@@ -393,29 +393,28 @@ impl<C: Clock + Clone> Limiter<C> {
         stage: Stage,
         interaction: Interaction,
     ) -> Result<Admitted, RateLimited> {
-        // At most a handful of quotas apply to one request.
-        let mut picked: Vec<(&Compiled<C>, u32, Partition<'_>)> = Vec::new();
-        for q in self.quotas.iter() {
+        // The quotas that apply to this request at this stage, strictest first, with their
+        // cost and partition. An iterator, not a Vec: the local path (every request without
+        // Redis) walks it once and allocates nothing but the admitted limits.
+        let picked = self.quotas.iter().filter_map(|q| {
             let for_stage = match q.spec.key {
                 KeyKind::Address => Stage::BeforeAuth,
                 KeyKind::Client | KeyKind::Subject => Stage::AfterAuth,
             };
             if for_stage != stage || !q.spec.applies(req.route, interaction) {
-                continue;
+                return None;
             }
             let cost = q.spec.cost.of(interaction);
             if cost == 0 {
-                continue;
+                return None;
             }
-            let Some(partition) = Partition::of(q.spec.key, req) else {
-                continue;
-            };
-            picked.push((q, cost, partition));
-        }
-        if picked.is_empty() {
-            return Ok(Admitted::default());
-        }
+            Some((q, cost, Partition::of(q.spec.key, req)?))
+        });
         if let Some(shared) = self.shared.as_ref().filter(|s| s.is_up()) {
+            let picked: Vec<(&Compiled<C>, u32, Partition<'_>)> = picked.collect();
+            if picked.is_empty() {
+                return Ok(Admitted::default());
+            }
             let keys: Vec<String> = picked
                 .iter()
                 .map(|(q, _, p)| shared.quota_key(&q.spec.id, &p.bytes()))
@@ -445,10 +444,24 @@ impl<C: Clock + Clone> Limiter<C> {
                     let q = picked[index].0;
                     return Err(self.refused(q, wait, q.spec.count, q.spec.burst));
                 }
-                Err(e) => self.redis_failed(&e),
+                Err(e) => {
+                    self.redis_failed(&e);
+                    return self.check_local(picked);
+                }
             }
         }
-        let mut limits = Vec::with_capacity(picked.len());
+        self.check_local(picked)
+    }
+
+    /// The local quotas (no Redis, or Redis just failed), in the order given.
+    fn check_local<'p>(
+        &self,
+        picked: impl IntoIterator<Item = (&'p Compiled<C>, u32, Partition<'p>)>,
+    ) -> Result<Admitted, RateLimited>
+    where
+        C: 'p,
+    {
+        let mut limits = Vec::new();
         for (q, cost, partition) in picked {
             match q.local.check(partition.fingerprint(&self.hasher), cost) {
                 LocalOutcome::Admitted { remaining } => {
@@ -812,7 +825,12 @@ impl RequestLimits {
     /// Records an admission.
     pub fn admit(&mut self, admitted: Admitted) {
         self.alert |= admitted.alert;
-        self.limits.extend(admitted.limits);
+        if self.limits.is_empty() {
+            // The common case (one admission per stage): take the Vec, no copy.
+            self.limits = admitted.limits;
+        } else {
+            self.limits.extend(admitted.limits);
+        }
     }
 
     /// Records a refusal and returns the denial to answer with.
