@@ -468,7 +468,9 @@ pub fn add_listeners<A>(
             // The configuration refuses a plain listener off loopback unless the file says
             // `plaintext: true`.
             tracing::warn!(listener = %addr, "listener serves clients in plain HTTP (no TLS)");
-            service.add_tcp(&addr);
+            service.add_listener(
+                pingora::listeners::ListenerConfig::tcp(addr.as_str()).l4_buffer(write_buffer()),
+            );
             continue;
         };
         let in_listener = |source| ListenerError::Tls {
@@ -480,10 +482,25 @@ pub fn add_listeners<A>(
                 .map_err(in_listener)?,
         );
         let settings = listener_settings(cert.clone(), tls).map_err(in_listener)?;
-        service.add_tls_with_settings(&addr, None, settings);
+        service.add_listener(
+            pingora::listeners::ListenerConfig::tcp(addr.as_str())
+                .tls(settings)
+                .l4_buffer(write_buffer()),
+        );
         certificates.push((cert, tls.reload_interval));
     }
     Ok(certificates)
+}
+
+/// Bytes a client connection buffers before a send. pingora writes a response's header and
+/// body separately; with its default (one MSS, 1,460 bytes) a typical FHIR resource costs two
+/// `sendto` calls, the header alone and then the body. 8 KiB lets the header and a body of up
+/// to about 7.5 KiB leave in one send (measured: 3 -> 2 sends per proxied request, which was a
+/// third of the process's CPU in the load benchmark profile), for 8 KiB per open connection.
+const CLIENT_WRITE_BUFFER: usize = 8 * 1024;
+
+fn write_buffer() -> pingora::listeners::L4BufferSettings {
+    pingora::listeners::L4BufferSettings::default().write(CLIENT_WRITE_BUFFER)
 }
 
 /// Start-up log lines for an upstream reached without (verified) TLS.

@@ -378,3 +378,48 @@ async fn a_chunked_request_body_reaches_the_backend_unchanged() {
     let seen = stack.backend.last_request().unwrap();
     assert_eq!(seen.body_text(), r#"{"resourceType":"Observation"}"#);
 }
+
+/// A streamed (chunked) answer reaches the client as it comes: the backend sends its second
+/// chunk only after the client has received the first, so a gateway that held the body
+/// (for example in its connection write buffer) until the end would never finish.
+#[tokio::test]
+async fn a_streamed_answer_reaches_the_client_chunk_by_chunk() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (first_seen, mut wait_first) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed before sending the request");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\n\
+                    transfer-encoding: chunked\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(b"6\r\nfirst-\r\n").await.unwrap();
+        socket.flush().await.unwrap();
+        wait_first.recv().await;
+        socket.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
+        socket.flush().await.unwrap();
+    });
+    let stack = Stack::start_with(|b| b.upstream(format!("http://{addr}"))).await;
+    let token = stack.token("patient/Patient.r", true);
+    let mut response = stack.get("/fhir/Patient/123", Some(&token)).await;
+    assert_eq!(response.status(), 200);
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+        .await
+        .expect("the first chunk arrives before the backend sends the rest")
+        .unwrap()
+        .expect("a chunk");
+    assert_eq!(&first[..], b"first-");
+    first_seen.send(()).await.unwrap();
+    let mut rest = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"second");
+}
