@@ -33,7 +33,6 @@ pub mod upstream;
 
 pub use evaluate::{evaluate, Evaluated, RequestFacts};
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -219,9 +218,11 @@ impl Gateway {
             Some(m) => d.on_route(m.route_id().clone(), m.required().clone()),
             None => d,
         };
-        let label: Cow<'_, str> = match &route {
-            Some(m) => Cow::Borrowed(&**m.route_id()),
-            None => Cow::Owned(fhir_label(rt, &req.method, path, query)),
+        // Quotas' `routes:` can only name explicit routes, so a request for the FHIR engine
+        // needs no finer label here (its `fhir:<interaction>` id comes with the verdict).
+        let label: &str = match &route {
+            Some(m) => m.route_id(),
+            None => FHIR_ROUTE_LABEL,
         };
         // Per-address quotas run before the token is looked at, so failed authentication
         // attempts are counted (and slowed) too.
@@ -233,7 +234,7 @@ impl Gateway {
             method: &req.method,
             path,
             query,
-            route: &label,
+            route: label,
             address: rt.limiter.client_address(peer, &req.headers),
             principal: None,
         };
@@ -1384,20 +1385,9 @@ fn facts_of<'a>(req: &'a RequestHeader, body: Option<&'a [u8]>) -> RequestFacts<
     }
 }
 
-/// The route label of a FHIR request before it is decided (per-address quotas): the same
-/// `fhir:<interaction>` the engine's permit carries, from the request line alone.
-fn fhir_label(rt: &Runtime, method: &http::Method, path: &str, query: Option<&str>) -> String {
-    let below = rt
-        .policy
-        .fhir()
-        .and_then(|f| path.strip_prefix(f.base_path()))
-        .unwrap_or(path);
-    let below = if below.is_empty() { "/" } else { below };
-    match crate::policy::fhir::classify(method, below, query) {
-        Ok(f) => format!("fhir:{}", f.interaction.code()),
-        Err(_) => "fhir".to_owned(),
-    }
-}
+/// The route label of a request for the FHIR engine before it is decided (per-address
+/// quotas): matched only by quotas without a `routes:` filter.
+const FHIR_ROUTE_LABEL: &str = "fhir";
 
 /// Whether the allowed request must go through [`exchange`] (see
 /// [`Gateway::forward_held`]) rather than pingora's streaming loop.
