@@ -56,15 +56,18 @@ fn record(i: u64) -> AuditRecord {
         reason: "allowed",
         detail: None,
         required_scopes: Some("any_of: patient/Observation.rs".into()),
-        granted_scopes: Some(vec![
-            "launch/patient".into(),
-            "patient/Observation.rs".into(),
-        ]),
+        granted_scopes: Some(
+            vec![
+                "launch/patient".to_owned(),
+                "patient/Observation.rs".to_owned(),
+            ]
+            .into(),
+        ),
         issuer: Some("https://idp.example.org".into()),
-        client_id: Some(format!("client-{}", (mix >> 20) % CLIENTS)),
-        subject: Some(format!("user-{}", (mix >> 30) % SUBJECTS)),
+        client_id: Some(format!("client-{}", (mix >> 20) % CLIENTS).into()),
+        subject: Some(format!("user-{}", (mix >> 30) % SUBJECTS).into()),
         fhir_user: None,
-        patient: Some(format!("pat-{patient}")),
+        patient: Some(format!("pat-{patient}").into()),
         patients: vec![format!("pat-{patient}")],
         jti: None,
         status: 200,
@@ -162,28 +165,28 @@ async fn main() {
         (
             "patient",
             Key::Patient,
-            probe.patient.clone().unwrap(),
+            probe.patient.as_deref().unwrap().to_owned(),
             None,
             None,
         ),
         (
             "subject",
             Key::Subject,
-            probe.subject.clone().unwrap(),
+            probe.subject.as_deref().unwrap().to_owned(),
             None,
             None,
         ),
         (
             "subject, 5 min range",
             Key::Subject,
-            probe.subject.clone().unwrap(),
+            probe.subject.as_deref().unwrap().to_owned(),
             Some(record(records / 2 - 100_000).time),
             Some(mid.clone()),
         ),
         (
             "client",
             Key::Client,
-            probe.client_id.clone().unwrap(),
+            probe.client_id.as_deref().unwrap().to_owned(),
             None,
             None,
         ),
@@ -216,7 +219,7 @@ async fn main() {
         std::os::unix::fs::symlink(last, &link).unwrap();
         let filter = Filter {
             key: Key::Patient,
-            value: probe.patient.clone().unwrap(),
+            value: probe.patient.as_deref().unwrap().to_owned(),
             from: None,
             to: None,
         };

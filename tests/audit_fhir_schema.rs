@@ -32,7 +32,7 @@ fn base(i: usize, method: &str, path: &str) -> AuditRecord {
         reason: "allowed",
         detail: None,
         required_scopes: Some("any_of: patient/Patient.r".into()),
-        granted_scopes: Some(vec!["patient/Patient.r".into()]),
+        granted_scopes: Some(vec!["patient/Patient.r".to_owned()].into()),
         issuer: Some("https://idp.example.org".into()),
         client_id: Some("growth-chart".into()),
         subject: Some("user-1".into()),

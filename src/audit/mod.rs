@@ -31,7 +31,7 @@ pub mod verify;
 mod writer;
 
 pub use checkpoint::{load_signing_key, load_verifying_key};
-pub use record::{redact_query, AuditRecord, Explanation, RateLimitNote};
+pub use record::{redact_query, AuditRecord, Explanation, RateLimitNote, ScopeList};
 
 /// A record in the queue, with the commit to resolve once it is durable (strict mode).
 type Queued = (AuditRecord, Option<tokio::sync::oneshot::Sender<()>>);

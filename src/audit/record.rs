@@ -1,6 +1,11 @@
 //! The audit record: what one request did, who did it, and what fhirwall decided.
 
-use serde::Serialize;
+use std::sync::Arc;
+
+use serde::ser::SerializeSeq;
+use serde::{Serialize, Serializer};
+
+use crate::auth::Principal;
 
 /// One audit record (one JSON line). Never contains a bearer token; query values are
 /// redacted unless the configuration allows the parameter by name.
@@ -24,11 +29,11 @@ pub struct AuditRecord {
     /// is below the policy's `base_path` and classifies as FHIR R4 REST.
     pub interaction: Option<&'static str>,
     /// FHIR resource type the request is about, when known.
-    pub resource_type: Option<String>,
+    pub resource_type: Option<&'static str>,
     /// FHIR resource id the request names (instance-level interactions), when known.
     pub resource_id: Option<String>,
     /// Matched policy route id.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// `allow` or `deny`.
     pub decision: &'static str,
     /// Reason code (`allowed`, `public`, `insufficient_scope`, ...).
@@ -36,26 +41,26 @@ pub struct AuditRecord {
     /// Human-readable reason for denials.
     pub detail: Option<String>,
     /// The route's scope requirement.
-    pub required_scopes: Option<String>,
+    pub required_scopes: Option<Arc<str>>,
     /// The scopes the token granted (valid ones).
-    pub granted_scopes: Option<Vec<String>>,
+    pub granted_scopes: Option<ScopeList>,
     /// Token issuer.
-    pub issuer: Option<String>,
+    pub issuer: Option<Arc<str>>,
     /// Token client (`client_id`/`azp`).
-    pub client_id: Option<String>,
+    pub client_id: Option<Arc<str>>,
     /// Token subject.
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
     /// SMART `fhirUser`.
-    pub fhir_user: Option<String>,
+    pub fhir_user: Option<Arc<str>>,
     /// SMART patient context.
-    pub patient: Option<String>,
+    pub patient: Option<Arc<str>>,
     /// Patients the request names: the id after `Patient/` in the path, and the values of
     /// `patient` / `subject` query parameters (references reduced to their id; a value that
     /// cannot be reduced is kept as sent, failing safe). At most 64; empty lists are omitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patients: Vec<String>,
     /// Token `jti`.
-    pub jti: Option<String>,
+    pub jti: Option<Arc<str>>,
     /// Status sent to the client (0 if the connection died before a response).
     pub status: u16,
     /// Status the upstream answered, when the request was forwarded.
@@ -69,7 +74,7 @@ pub struct AuditRecord {
     /// Response body bytes sent to the client.
     pub bytes_out: u64,
     /// Content hash of the policy that decided.
-    pub policy_version: String,
+    pub policy_version: Arc<str>,
     /// The rate limit that refused the request, or the distinct-patients alert it raised;
     /// absent when no rate limit had anything to say.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,6 +83,49 @@ pub struct AuditRecord {
     /// record; each member omitted when empty).
     #[serde(flatten)]
     pub explanation: Explanation,
+}
+
+/// The scopes a token granted, serialized as a JSON array of strings. Built from the
+/// token's [`Principal`] (shared, not copied: a record is made for every request) or from a
+/// list.
+#[derive(Debug, Clone)]
+pub enum ScopeList {
+    /// The valid scopes of this principal's token, in the token's order.
+    Granted(Arc<Principal>),
+    /// Given scopes.
+    Listed(Vec<String>),
+}
+
+impl ScopeList {
+    /// The scopes, in order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            ScopeList::Granted(p) => Box::new(p.scopes.texts()),
+            ScopeList::Listed(v) => Box::new(v.iter().map(String::as_str)),
+        }
+    }
+}
+
+impl From<Vec<String>> for ScopeList {
+    fn from(v: Vec<String>) -> Self {
+        ScopeList::Listed(v)
+    }
+}
+
+impl PartialEq for ScopeList {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Serialize for ScopeList {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(None)?;
+        for s in self.iter() {
+            seq.serialize_element(s)?;
+        }
+        seq.end()
+    }
 }
 
 /// The why of a decision, as recorded (members of [`AuditRecord`]).

@@ -25,19 +25,19 @@ pub(super) fn record(i: usize) -> AuditRecord {
         path: format!("/Patient/{i}"),
         query: None,
         interaction: Some("read"),
-        resource_type: Some("Patient".to_owned()),
+        resource_type: Some("Patient"),
         resource_id: Some(i.to_string()),
-        route: Some("patient-read".to_owned()),
+        route: Some("patient-read".into()),
         decision: "allow",
         reason: "allowed",
         detail: None,
         required_scopes: None,
-        granted_scopes: Some(vec!["patient/Patient.rs".to_owned()]),
+        granted_scopes: Some(vec!["patient/Patient.rs".to_owned()].into()),
         issuer: None,
         client_id: None,
         subject: None,
         fhir_user: None,
-        patient: Some(i.to_string()),
+        patient: Some(i.to_string().into()),
         patients: Vec::new(),
         jti: None,
         status: 200,
@@ -46,7 +46,7 @@ pub(super) fn record(i: usize) -> AuditRecord {
         upstream_latency_ms: Some(1.0),
         bytes_in: 0,
         bytes_out: 42,
-        policy_version: "abc".to_owned(),
+        policy_version: "abc".into(),
         rate_limit: None,
         explanation: Default::default(),
     }
@@ -690,8 +690,8 @@ mod chained {
     fn dated(i: usize) -> AuditRecord {
         AuditRecord {
             time: format!("2024-01-{:02}T12:00:00.000Z", i + 1),
-            patient: Some((i % 3).to_string()),
-            client_id: Some(format!("client-{}", i % 2)),
+            patient: Some((i % 3).to_string().into()),
+            client_id: Some(format!("client-{}", i % 2).into()),
             ..record(i)
         }
     }

@@ -258,7 +258,7 @@ fn numeric_date(v: &Value) -> Option<u64> {
 }
 
 /// A string claim; absent or `null` is `None`, any other type is malformed.
-fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<Box<str>>, AuthError> {
+fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<Arc<str>>, AuthError> {
     match claims.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str().into())),

@@ -12,15 +12,15 @@ pub struct Principal {
     /// The `iss` of the token (one of the configured issuers).
     pub issuer: Arc<str>,
     /// `sub`.
-    pub subject: Option<Box<str>>,
+    pub subject: Option<Arc<str>>,
     /// `client_id`, else `azp`.
-    pub client_id: Option<Box<str>>,
+    pub client_id: Option<Arc<str>>,
     /// SMART `fhirUser` (URL of the user's FHIR resource).
-    pub fhir_user: Option<Box<str>>,
+    pub fhir_user: Option<Arc<str>>,
     /// SMART patient context (the configured patient claim, `patient` by default).
-    pub patient: Option<Box<str>>,
+    pub patient: Option<Arc<str>>,
     /// `jti`, when present (for revocation and audit correlation).
-    pub jti: Option<Box<str>>,
+    pub jti: Option<Arc<str>>,
     /// `exp`, seconds since the Unix epoch.
     pub expires_at: u64,
     /// The granted scopes, parsed once; invalid ones are dropped and counted.

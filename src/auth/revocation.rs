@@ -132,7 +132,7 @@ impl RevocationList {
         if !self.any.load(Ordering::Acquire) {
             return false;
         }
-        let named = |cache: &Cache<Arc<str>, Duration>, v: &Option<Box<str>>| {
+        let named = |cache: &Cache<Arc<str>, Duration>, v: &Option<Arc<str>>| {
             v.as_deref().is_some_and(|v| cache.contains_key(v))
         };
         self.tokens.contains_key(key)

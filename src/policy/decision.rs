@@ -157,6 +157,11 @@ impl Permit {
         &self.required
     }
 
+    /// The requirement as a shared string (cheap to clone into records).
+    pub fn required_arc(&self) -> &Arc<str> {
+        &self.required
+    }
+
     /// The granted scope(s) that satisfied the route, space separated.
     pub fn granted_by(&self) -> &str {
         &self.granted_by

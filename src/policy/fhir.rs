@@ -244,6 +244,43 @@ pub fn classify(
     path_below_base: &str,
     query: Option<&str>,
 ) -> Result<Request, Unclassifiable> {
+    let query = query.filter(|q| !q.is_empty());
+    let mut req = classify_path(method, path_below_base, query.is_some())?;
+    if let Some(q) = query {
+        match req.interaction {
+            // Operation parameters are the operation's business (SMART-SEMANTICS §8).
+            Interaction::Operation => req.raw_query = Some(q.into()),
+            // R4 capabilities takes `mode` and `_format` only; anything else is not the
+            // public capabilities request.
+            Interaction::Capabilities => {
+                for p in parse_query(q)? {
+                    if !matches!(&*p.name, "mode" | "_format") {
+                        return Err(Unclassifiable::Parameter {
+                            name: p.name.into_owned(),
+                            why: "not a capabilities parameter",
+                        });
+                    }
+                }
+            }
+            // A Bundle POSTed to the base takes no search parameters.
+            Interaction::BatchOrTransaction => {
+                return Err(Unclassifiable::Query("a query on a batch/transaction"));
+            }
+            _ => req.add_query(q)?,
+        }
+    }
+    Ok(req)
+}
+
+/// What the request line says before its query is read: interaction, type, id and the
+/// requirements of the path alone; `has_query` is whether a non-empty query follows (a
+/// type-level PUT/PATCH/DELETE needs one). [`classify`] adds the query; the audit record,
+/// which only names the interaction, stops here (the query is parsed once, by the engine).
+pub fn classify_path(
+    method: &Method,
+    path_below_base: &str,
+    has_query: bool,
+) -> Result<Request, Unclassifiable> {
     let path = path_below_base.strip_prefix('/').unwrap_or(path_below_base);
     if path.contains('%') {
         // path::check refuses encodings; a `%` here means the check was skipped.
@@ -257,12 +294,11 @@ pub fn classify(
     if segments.iter().any(|s| s.is_empty()) {
         return Err(Unclassifiable::PathShape("empty path segment"));
     }
-    let query = query.filter(|q| !q.is_empty());
     // HEAD is GET without a body (SMART-SEMANTICS A24).
     let get = method == Method::GET || method == Method::HEAD;
     let m = Verb::of(method, get);
 
-    let mut req = match segments.as_slice() {
+    let req = match segments.as_slice() {
         // R4 http.html#transaction: "POST [base]"; #search: "GET [base]?" (system search).
         [] => match m {
             Verb::Get => {
@@ -308,7 +344,7 @@ pub fn classify(
                 // R4 http.html#cond-update, #patch, #3.1.0.7.1 (conditional delete): the
                 // criteria are the query; without one the request means nothing.
                 Verb::Put | Verb::Patch | Verb::Delete => {
-                    if query.is_none() {
+                    if !has_query {
                         return Err(Unclassifiable::PathShape(
                             "PUT/PATCH/DELETE on a type needs search criteria",
                         ));
@@ -425,30 +461,6 @@ pub fn classify(
         }
         _ => return Err(Unclassifiable::PathShape("not an R4 RESTful URL")),
     };
-
-    if let Some(q) = query {
-        match req.interaction {
-            // Operation parameters are the operation's business (SMART-SEMANTICS §8).
-            Interaction::Operation => req.raw_query = Some(q.into()),
-            // R4 capabilities takes `mode` and `_format` only; anything else is not the
-            // public capabilities request.
-            Interaction::Capabilities => {
-                for p in parse_query(q)? {
-                    if !matches!(&*p.name, "mode" | "_format") {
-                        return Err(Unclassifiable::Parameter {
-                            name: p.name.into_owned(),
-                            why: "not a capabilities parameter",
-                        });
-                    }
-                }
-            }
-            // A Bundle POSTed to the base takes no search parameters.
-            Interaction::BatchOrTransaction => {
-                return Err(Unclassifiable::Query("a query on a batch/transaction"));
-            }
-            _ => req.add_query(q)?,
-        }
-    }
     Ok(req)
 }
 

@@ -38,7 +38,7 @@ use self::scope::{Evaluation, ScopeRequirement};
 /// A compiled policy. Immutable; share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Policy {
-    version: String,
+    version: Arc<str>,
     routes: Box<[Route]>,
     trie: Trie,
     warnings: Diagnostics,
@@ -108,6 +108,11 @@ impl Policy {
     /// Content hash of the policy source (first 16 hex digits of its SHA-256), for audit
     /// records and the info metric.
     pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The version as a shared string (cheap to clone into audit records).
+    pub fn version_arc(&self) -> &Arc<str> {
         &self.version
     }
 

@@ -674,7 +674,8 @@ impl GrantedScopes {
         &self.text[a as usize..b as usize]
     }
 
-    fn texts(&self) -> impl Iterator<Item = &str> {
+    /// The valid scopes' text, in token order, exactly as the token wrote them.
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
         (0..self.spans.len()).map(|i| self.text_of(i))
     }
 }

@@ -52,7 +52,7 @@ fn principal(scopes: &str, patient: Option<&str>) -> Principal {
         subject: Some("user-1".into()),
         client_id: Some("app".into()),
         fhir_user: None,
-        patient: patient.map(Box::from),
+        patient: patient.map(Arc::from),
         jti: None,
         expires_at: 0,
         scopes: GrantedScopes::parse(scopes.split(' ')),

@@ -44,7 +44,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::audit::{redact_query, AuditRecord, AuditSink};
+use crate::audit::{redact_query, AuditRecord, AuditSink, ScopeList};
 use crate::auth::{bearer, Authenticator, Principal};
 use crate::metrics::{method_label, status_class, Metrics};
 use crate::policy::smart::{Checks, Classified, Trace};
@@ -878,45 +878,48 @@ impl Gateway {
         )
     }
 
-    fn audit_record(&self, session: &Session, ctx: &RequestCtx, status: u16) -> AuditRecord {
+    /// The request's audit record. Called once, last (from `logging`, or before the response
+    /// under strict durability): what the context owns is moved into the record, what the
+    /// token and the policy own is shared (`Arc`), so a record costs few allocations.
+    fn audit_record(&self, session: &Session, ctx: &mut RequestCtx, status: u16) -> AuditRecord {
         let req = session.req_header();
         let rt = ctx.runtime.as_deref();
         let decision = ctx.decision.as_ref();
-        let principal = ctx.principal.as_deref();
+        let principal = ctx.principal.as_ref();
         let denial = match decision {
             Some(Decision::Deny(d)) => Some(d),
             _ => None,
         };
         let required = match decision {
-            Some(Decision::Allow(p)) if !p.is_public() => Some(p.required().to_owned()),
-            Some(Decision::Deny(d)) => d.required.as_deref().map(str::to_owned),
+            Some(Decision::Allow(p)) if !p.is_public() => Some(p.required_arc().clone()),
+            Some(Decision::Deny(d)) => d.required.clone(),
             _ => None,
         };
         let now = Instant::now();
         // What the request does in FHIR terms, for the auditor: as the engine classified it,
-        // or (an explicit route under the base) as the classifier reads the request line; a
-        // path outside the FHIR base or one that does not classify leaves these empty.
-        let engine = ctx.fhir.as_ref().and_then(|f| f.request.as_ref());
-        let fhir = match engine {
-            Some(_) => None,
-            None => rt.and_then(|r| {
-                let below = req.uri.path().strip_prefix(r.policy.base_path())?;
-                let below = if below.is_empty() { "/" } else { below };
-                crate::policy::fhir::classify(&req.method, below, req.uri.query()).ok()
-            }),
-        };
-        let (interaction, resource_type, resource_id) = match (engine, &fhir) {
-            (Some(c), _) => (
+        // or (an explicit route under the base) as its request line reads; a path outside
+        // the FHIR base or one that does not classify leaves these empty.
+        let engine = ctx.fhir.as_mut().and_then(|f| f.request.take());
+        let (interaction, resource_type, resource_id) = match engine {
+            Some(c) => (
                 Some(c.interaction),
-                c.resource_type.map(|t| t.name().to_owned()),
-                c.resource_id.as_deref().map(str::to_owned),
+                c.resource_type.map(|t| t.name()),
+                c.resource_id.map(String::from),
             ),
-            (None, Some(f)) => (
-                Some(f.interaction.code()),
-                f.resource_type.map(|t| t.name().to_owned()),
-                f.id.as_deref().map(str::to_owned),
-            ),
-            (None, None) => (None, None, None),
+            None => rt
+                .and_then(|r| {
+                    let below = req.uri.path().strip_prefix(r.policy.base_path())?;
+                    let below = if below.is_empty() { "/" } else { below };
+                    let has_query = req.uri.query().is_some_and(|q| !q.is_empty());
+                    crate::policy::fhir::classify_path(&req.method, below, has_query).ok()
+                })
+                .map_or((None, None, None), |f| {
+                    (
+                        Some(f.interaction.code()),
+                        f.resource_type.map(|t| t.name()),
+                        f.id.map(String::from),
+                    )
+                }),
         };
         AuditRecord {
             interaction,
@@ -939,23 +942,26 @@ impl Gateway {
                 .uri
                 .query()
                 .map(|q| redact_query(q, rt.map(|r| &r.audit_allow_query[..]).unwrap_or(&[]))),
-            route: decision.and_then(|d| d.route_id()).map(str::to_owned),
+            route: decision.and_then(|d| match d {
+                Decision::Allow(p) => Some(p.route_id_arc().clone()),
+                Decision::Deny(d) => d.route_id.clone(),
+            }),
             decision: decision.map_or("deny", Decision::outcome),
             reason: decision.map_or("internal_error", Decision::reason_code),
             detail: denial.map(|d| d.detail.to_string()),
             required_scopes: required,
-            granted_scopes: principal.map(|p| p.scopes.iter().map(|s| s.to_string()).collect()),
-            issuer: principal.map(|p| p.issuer.to_string()),
-            client_id: principal.and_then(|p| p.client_id.as_deref().map(str::to_owned)),
-            subject: principal.and_then(|p| p.subject.as_deref().map(str::to_owned)),
-            fhir_user: principal.and_then(|p| p.fhir_user.as_deref().map(str::to_owned)),
-            patient: principal.and_then(|p| p.patient.as_deref().map(str::to_owned)),
+            granted_scopes: principal.map(|p| ScopeList::Granted(p.clone())),
+            issuer: principal.map(|p| p.issuer.clone()),
+            client_id: principal.and_then(|p| p.client_id.clone()),
+            subject: principal.and_then(|p| p.subject.clone()),
+            fhir_user: principal.and_then(|p| p.fhir_user.clone()),
+            patient: principal.and_then(|p| p.patient.clone()),
             patients: crate::ratelimit::patients::touched(req.uri.path(), req.uri.query())
                 .ids
                 .into_iter()
                 .map(|id| id.into_owned())
                 .collect(),
-            jti: principal.and_then(|p| p.jti.as_deref().map(str::to_owned)),
+            jti: principal.and_then(|p| p.jti.clone()),
             status,
             upstream_status: ctx.upstream_status,
             latency_ms: millis(now - ctx.started),
@@ -964,9 +970,7 @@ impl Gateway {
             bytes_out: ctx
                 .bytes_out_hint
                 .unwrap_or(session.body_bytes_sent() as u64),
-            policy_version: rt
-                .map(|r| r.policy.version().to_owned())
-                .unwrap_or_default(),
+            policy_version: rt.map_or_else(|| Arc::from(""), |r| r.policy.version_arc().clone()),
             rate_limit: ctx.limits.audit_note(),
             explanation: crate::audit::Explanation {
                 granted_by: match decision {
@@ -1475,12 +1479,39 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T10:00:00.123Z`.
 pub fn format_time(t: SystemTime) -> String {
-    use time::macros::format_description;
-    let fmt =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::from(t)
-        .format(&fmt)
-        .unwrap_or_default()
+    // Hand-rolled (one per request, into one 24-byte string): days to a civil date by
+    // Howard Hinnant's `civil_from_days` (proleptic Gregorian, valid for any u64 seconds
+    // this clock can give); the `time` crate's formatter is the reference in the tests.
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    fn push(out: &mut String, n: i64, width: usize, then: char) {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n);
+        for _ in digits.len()..width {
+            out.push('0');
+        }
+        out.push_str(digits);
+        out.push(then);
+    }
+    let mut out = String::with_capacity(24);
+    push(&mut out, year, 4, '-');
+    push(&mut out, month, 2, '-');
+    push(&mut out, day, 2, 'T');
+    push(&mut out, (rem / 3_600) as i64, 2, ':');
+    push(&mut out, (rem % 3_600 / 60) as i64, 2, ':');
+    push(&mut out, (rem % 60) as i64, 2, '.');
+    push(&mut out, i64::from(since.subsec_millis()), 3, 'Z');
+    out
 }
 
 #[cfg(test)]
@@ -1493,6 +1524,37 @@ mod tests {
             req.insert_header(n.to_string(), *v).unwrap();
         }
         req
+    }
+
+    #[test]
+    fn record_times_are_rfc3339_utc_with_milliseconds() {
+        use time::macros::format_description;
+        let reference =
+            format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+        // Epoch, leap days, century rules (2000 is a leap year, 2100 is not), year ends.
+        for secs in [
+            0u64,
+            951_782_400,
+            951_868_799,
+            1_709_164_800,
+            1_767_225_599,
+            4_107_542_400,
+            4_102_444_799,
+            253_402_300_799,
+        ] {
+            for millis in [0u64, 7, 999] {
+                let t = SystemTime::UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis);
+                let expected = time::OffsetDateTime::from(t).format(&reference).unwrap();
+                assert_eq!(format_time(t), expected, "{secs}.{millis}");
+            }
+        }
+        let mut secs = 0u64;
+        while secs < 7_000_000_000 {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let expected = time::OffsetDateTime::from(t).format(&reference).unwrap();
+            assert_eq!(format_time(t), expected, "{secs}");
+            secs += 86_399 * 13 + 7;
+        }
     }
 
     #[test]

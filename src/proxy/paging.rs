@@ -45,9 +45,9 @@ pub struct Remembered {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Owner {
     issuer: Arc<str>,
-    client_id: Option<Box<str>>,
-    subject: Option<Box<str>>,
-    patient: Option<Box<str>>,
+    client_id: Option<Arc<str>>,
+    subject: Option<Arc<str>>,
+    patient: Option<Arc<str>>,
 }
 
 /// Remembered page links, bounded in count and age (`fhir.paging.max_links`, `ttl`).
