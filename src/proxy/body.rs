@@ -95,9 +95,22 @@ pub fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, BodyErr
 }
 
 /// Reads the whole request body (at most `max` bytes).
+///
+/// A client that sent `Expect: 100-continue` (curl does for bodies over 1 KiB) waits for
+/// a `100 Continue` before it sends the body: fhirwall reads the body itself, so it answers
+/// that expectation here, once the request passed everything decided without the body
+/// (RFC 9110 §10.1.1: a server that will read the content sends 100; one that answers
+/// before, such as the 413 above, sends the final status without it). HTTP/1.0 clients
+/// never get a 100 (RFC 9110 §15.2).
 pub async fn read(session: &mut Session, max: usize) -> Result<Bytes, BodyError> {
     let declared = declared_length(&session.req_header().headers)?;
     let mut body = Collector::new(max, declared)?;
+    if expects_continue(session.req_header()) && declared != Some(0) {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|e| BodyError::Read(e.to_string()))?;
+    }
     let deadline = Instant::now() + TOTAL_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -112,9 +125,37 @@ pub async fn read(session: &mut Session, max: usize) -> Result<Bytes, BodyError>
     }
 }
 
+/// Whether the client waits for `100 Continue` before sending its body: an HTTP/1.1
+/// request whose `Expect` is `100-continue` (case-insensitive, RFC 9110 §10.1.1).
+pub fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get_all(http::header::EXPECT)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_http_11_requests_expecting_100_continue_wait_for_it() {
+        let request = |version, expect: Option<&str>| {
+            let mut r = pingora::http::RequestHeader::build("POST", b"/fhir/Bundle", None).unwrap();
+            r.set_version(version);
+            if let Some(e) = expect {
+                r.insert_header("expect", e).unwrap();
+            }
+            r
+        };
+        assert!(expects_continue(&request(http::Version::HTTP_11, Some("100-continue"))));
+        assert!(expects_continue(&request(http::Version::HTTP_11, Some("100-Continue"))));
+        assert!(!expects_continue(&request(http::Version::HTTP_11, None)));
+        assert!(!expects_continue(&request(http::Version::HTTP_11, Some("200-ok"))));
+        assert!(!expects_continue(&request(http::Version::HTTP_10, Some("100-continue"))));
+    }
 
     #[test]
     fn a_declared_length_over_the_bound_is_refused_before_reading() {

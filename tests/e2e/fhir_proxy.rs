@@ -86,6 +86,85 @@ async fn a_body_read_for_the_decision_is_forwarded_byte_for_byte() {
     assert!(seen.header("x-request-id").is_some());
 }
 
+/// Sends a request's head with `Expect: 100-continue`, waits (5 s at most) for what the
+/// gateway answers before the body, then sends the body (if told to) and reads to the end.
+/// Returns (what came before the body was sent, everything after).
+async fn expect_continue_exchange(
+    stack: &Stack,
+    head: &str,
+    body: &str,
+    send_body: bool,
+) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(stack.gateway.addr())
+        .await
+        .expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut first))
+        .await
+        .expect("the gateway answers the expectation instead of waiting for the body")
+        .expect("read");
+    let before = String::from_utf8_lossy(&first[..n]).into_owned();
+    let mut rest = Vec::new();
+    if send_body {
+        stream.write_all(body.as_bytes()).await.expect("write body");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    (before, String::from_utf8_lossy(&rest).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_expecting_100_continue_gets_it_before_sending_a_body_the_engine_reads() {
+    // RFC 9110 §10.1.1: curl and other clients send `Expect: 100-continue` with bodies over
+    // 1 KiB and wait for `100 Continue`; fhirwall reads the body itself, so it must answer.
+    let stack = stack().await;
+    let token = stack.token("patient/Observation.c", true);
+    let body = observation("x", "123").to_string();
+    let head = format!(
+        "POST /fhir/Observation HTTP/1.1\r\nHost: fhirwall.test\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: {FHIR_JSON}\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    let (before, after) = expect_continue_exchange(&stack, &head, &body, true).await;
+    assert!(
+        before.starts_with("HTTP/1.1 100 Continue\r\n\r\n"),
+        "100 Continue before the body: {before:?}"
+    );
+    let whole = format!("{before}{after}");
+    let final_status = whole
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|r| r.strip_prefix("HTTP/1.1 "))
+        .and_then(|r| r.get(..3));
+    assert_eq!(final_status, Some("200"), "{whole}");
+    let seen = stack.backend.last_request().expect("forwarded");
+    assert_eq!(&seen.body[..], body.as_bytes());
+    assert!(
+        seen.header("expect").is_none(),
+        "the body was already read: the backend is not asked to continue"
+    );
+
+    // A body over the bound is refused at once, without inviting the client to send it.
+    let head = format!(
+        "POST /fhir/Observation HTTP/1.1\r\nHost: fhirwall.test\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: {FHIR_JSON}\r\n\
+         Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    let (before, _) = expect_continue_exchange(&stack, &head, "", false).await;
+    assert!(before.starts_with("HTTP/1.1 413 "), "{before:?}");
+
+    // No token: refused (401) before the body, no 100.
+    let head = format!(
+        "POST /fhir/Observation HTTP/1.1\r\nHost: fhirwall.test\r\nConnection: close\r\n\
+         Content-Type: {FHIR_JSON}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    let (before, _) = expect_continue_exchange(&stack, &head, &body, false).await;
+    assert!(before.starts_with("HTTP/1.1 401 "), "{before:?}");
+}
+
 #[tokio::test]
 async fn a_create_for_another_patient_is_refused_after_reading_its_body() {
     let stack = stack().await;
