@@ -415,6 +415,56 @@ async fn a_signing_key_withdrawn_by_the_idp_is_no_longer_trusted() {
     assert_eq!(backend.request_count(), 2);
 }
 
+#[tokio::test]
+#[ignore = "needs a real IdP: npm ci --prefix tests/idp (run by .ci/run)"]
+async fn a_backend_without_a_smart_configuration_gets_one_naming_the_real_providers_endpoints() {
+    // SAL2 "Conformance": the document apps read before they have a token. The backend has
+    // none (404), so fhirwall publishes one from oidc-provider's discovery metadata.
+    let idp = Idp::start(&KeySet::generate(&["k1"]).only(&["k1"]));
+    let backend = TestBackend::start();
+    backend.set_reply_for_path("/fhir/.well-known/smart-configuration", Reply::Status(404));
+    let gateway = Gateway::builder()
+        .backend(&backend)
+        .issuer_url(&idp.issuer(), &[FHIR_BASE])
+        .policy_yaml("version: 1\nbase_path: /fhir\nfhir:\n  version: R4\nroutes: []\n")
+        .start()
+        .await;
+    let provider: Value = http_client()
+        .get(format!("{}/.well-known/openid-configuration", idp.issuer()))
+        .send()
+        .await
+        .expect("provider metadata")
+        .json()
+        .await
+        .expect("JSON");
+    let response = http_client()
+        .get(gateway.url("/fhir/.well-known/smart-configuration"))
+        .send()
+        .await
+        .expect("GET the SMART configuration");
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.expect("JSON");
+    for key in [
+        "token_endpoint",
+        "authorization_endpoint",
+        "introspection_endpoint",
+        "revocation_endpoint",
+    ] {
+        assert_eq!(doc[key], provider[key], "{key}: {doc}");
+    }
+    assert_eq!(doc["issuer"], idp.issuer().as_str());
+    assert_eq!(doc["jwks_uri"], provider["jwks_uri"]);
+    assert!(
+        doc["grant_types_supported"]
+            .as_array()
+            .is_some_and(|g| g.contains(&json!("client_credentials"))),
+        "{doc}"
+    );
+    let caps = doc["capabilities"].as_array().expect("capabilities");
+    assert!(caps.contains(&json!("sso-openid-connect")), "{doc}");
+    assert!(caps.contains(&json!("permission-v2")), "{doc}");
+}
+
 // === helpers ===
 
 /// A gateway in front of `backend` trusting `idp` for [`FHIR_BASE`], JWKS by discovery,

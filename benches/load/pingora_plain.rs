@@ -24,7 +24,11 @@ impl ProxyHttp for Plain {
     fn new_ctx(&self) -> Self::CTX {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.backend.as_str(), false, String::new())))
+        Ok(Box::new(HttpPeer::new(
+            self.backend.as_str(),
+            false,
+            String::new(),
+        )))
     }
 }
 

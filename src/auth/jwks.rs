@@ -657,6 +657,47 @@ impl IssuerKeys {
         Err(FetchError::Discovery(failures))
     }
 
+    /// The issuer's whole authorization server metadata (OpenID Connect Discovery 1.0 §4,
+    /// then RFC 8414 §3), its `issuer` checked; for the SMART configuration fhirwall
+    /// publishes when the backend has none ([`crate::proxy::discovery`]).
+    pub(crate) async fn server_metadata(
+        &self,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, FetchError> {
+        let mut failures = String::new();
+        for url in discovery_urls(&self.issuer) {
+            let fetched = tokio::time::timeout(self.fetch_timeout, self.get(&url))
+                .await
+                .unwrap_or(Err(FetchError::TimedOut(self.fetch_timeout)));
+            let doc = fetched.and_then(|body| {
+                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).map_err(
+                    |source| FetchError::Json {
+                        url: url.clone(),
+                        source,
+                    },
+                )
+            });
+            match doc {
+                Ok(doc) if doc.get("issuer").and_then(|v| v.as_str()) == Some(&*self.issuer) => {
+                    return Ok(doc)
+                }
+                Ok(doc) => {
+                    let found = doc.get("issuer").map(|v| v.to_string()).unwrap_or_default();
+                    if !failures.is_empty() {
+                        failures.push_str("; ");
+                    }
+                    let _ = write!(failures, "{}", FetchError::IssuerMismatch { url, found });
+                }
+                Err(e) => {
+                    if !failures.is_empty() {
+                        failures.push_str("; ");
+                    }
+                    let _ = write!(failures, "{e}");
+                }
+            }
+        }
+        Err(FetchError::Discovery(failures))
+    }
+
     async fn metadata(&self, url: &str) -> Result<String, FetchError> {
         let body = self.get(url).await?;
         let meta: Metadata = serde_json::from_slice(&body).map_err(|source| FetchError::Json {

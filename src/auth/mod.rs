@@ -84,7 +84,19 @@ pub struct Authenticator {
     /// Key withdrawals (summed over issuers) the cache has been flushed for.
     seen_withdrawals: AtomicU64,
     metrics: Arc<Metrics>,
+    /// The first issuer's authorization server metadata, when last fetched (for the SMART
+    /// configuration fhirwall publishes when the backend has none); the async lock makes
+    /// the fetch single-flight.
+    server_metadata: tokio::sync::Mutex<Option<(Instant, ServerMetadata)>>,
 }
+
+/// An authorization server's metadata document (RFC 8414 / OpenID Connect Discovery).
+pub type ServerMetadata = Arc<serde_json::Map<String, serde_json::Value>>;
+
+/// How long fetched server metadata is used before it is fetched again.
+const SERVER_METADATA_TTL: Duration = Duration::from_secs(300);
+/// How long stale server metadata is still used while the provider cannot be reached.
+const SERVER_METADATA_STALE: Duration = Duration::from_secs(3600);
 
 /// Per-entry lifetime of the negative cache: the duration stored with the entry.
 struct NegativeTtl;
@@ -180,7 +192,42 @@ impl Authenticator {
             revocations: RevocationList::new(revocation.max_entries),
             seen_withdrawals: AtomicU64::new(0),
             metrics,
+            server_metadata: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The authorization server metadata of the first configured issuer (the one a SMART
+    /// app is sent to), fetched from its discovery document and kept for 5 minutes; while
+    /// the provider cannot be reached, the last document is used for up to an hour. `None`
+    /// when there is none (logged).
+    pub async fn server_metadata(&self) -> Option<ServerMetadata> {
+        let issuer = self.issuers.first()?;
+        let mut held = self.server_metadata.lock().await;
+        if let Some((at, doc)) = held.as_ref() {
+            if at.elapsed() < SERVER_METADATA_TTL {
+                return Some(doc.clone());
+            }
+        }
+        match issuer.keys.server_metadata().await {
+            Ok(doc) => {
+                let doc = Arc::new(doc);
+                *held = Some((Instant::now(), doc.clone()));
+                Some(doc)
+            }
+            Err(e) => {
+                let stale = held
+                    .as_ref()
+                    .filter(|(at, _)| at.elapsed() < SERVER_METADATA_STALE)
+                    .map(|(_, doc)| doc.clone());
+                tracing::warn!(
+                    issuer = %issuer.name,
+                    error = %e,
+                    using_stale = stale.is_some(),
+                    "authorization server metadata unavailable for the SMART configuration"
+                );
+                stale
+            }
+        }
     }
 
     /// Verifies `token` (from the cache when possible).

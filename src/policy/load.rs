@@ -183,7 +183,11 @@ pub(super) fn compile(src: &str, file: &Path) -> Result<Policy, Diagnostics> {
         return Err(r.diags);
     };
     let digest = Sha256::digest(src.as_bytes());
-    let version = digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>().into();
+    let version = digest[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into();
     Ok(Policy {
         version,
         routes: routes.into_boxed_slice(),

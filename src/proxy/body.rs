@@ -150,11 +150,23 @@ mod tests {
             }
             r
         };
-        assert!(expects_continue(&request(http::Version::HTTP_11, Some("100-continue"))));
-        assert!(expects_continue(&request(http::Version::HTTP_11, Some("100-Continue"))));
+        assert!(expects_continue(&request(
+            http::Version::HTTP_11,
+            Some("100-continue")
+        )));
+        assert!(expects_continue(&request(
+            http::Version::HTTP_11,
+            Some("100-Continue")
+        )));
         assert!(!expects_continue(&request(http::Version::HTTP_11, None)));
-        assert!(!expects_continue(&request(http::Version::HTTP_11, Some("200-ok"))));
-        assert!(!expects_continue(&request(http::Version::HTTP_10, Some("100-continue"))));
+        assert!(!expects_continue(&request(
+            http::Version::HTTP_11,
+            Some("200-ok")
+        )));
+        assert!(!expects_continue(&request(
+            http::Version::HTTP_10,
+            Some("100-continue")
+        )));
     }
 
     #[test]

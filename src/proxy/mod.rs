@@ -670,8 +670,23 @@ impl Gateway {
                 .fhir()
                 .map(|f| f.scopes_supported())
                 .unwrap_or_default();
+            if status == 404 {
+                // No document upstream: fhirwall publishes one from its issuer's metadata
+                // (SAL2: endpoints requiring authorization SHALL serve it), else the
+                // backend's 404 is passed on.
+                let generated = match self.auth.server_metadata().await {
+                    Some(meta) => discovery::generate(&meta, &enforced),
+                    None => None,
+                };
+                if let Some(doc) = generated {
+                    let mut header = ResponseHeader::build(200, Some(4))?;
+                    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+                    let header = exchange::framed(header, doc.len())?;
+                    return self.send_held(session, ctx, header, Bytes::from(doc)).await;
+                }
+            }
             let body = match success.then(|| discovery::rewrite(&held, &enforced)) {
-                // No document upstream: its answer is passed on.
+                // No document upstream, and none to generate: its answer is passed on.
                 None => held,
                 Some(Some(doc)) => Bytes::from(doc),
                 Some(None) => {
@@ -1529,8 +1544,9 @@ mod tests {
     #[test]
     fn record_times_are_rfc3339_utc_with_milliseconds() {
         use time::macros::format_description;
-        let reference =
-            format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+        let reference = format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
         // Epoch, leap days, century rules (2000 is a leap year, 2100 is not), year ends.
         for secs in [
             0u64,

@@ -550,8 +550,60 @@ async fn an_engine_decision_is_audited_with_its_route_and_reasons() {
 }
 
 #[tokio::test]
-async fn without_a_smart_configuration_upstream_its_answer_is_passed_on() {
+async fn without_a_smart_configuration_upstream_one_is_generated_from_the_issuer_metadata() {
+    // SAL2 "Conformance": FHIR endpoints requiring authorization SHALL serve the document;
+    // a backend that has none gets fhirwall's, built from the issuer's discovery metadata.
     let stack = stack().await;
+    stack
+        .backend
+        .set_reply_for_path("/fhir/.well-known/smart-configuration", Reply::Status(404));
+    let response = stack
+        .get("/fhir/.well-known/smart-configuration", None)
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap().starts_with("application/json")));
+    let doc = json_of(response).await;
+    let iss = stack.issuer.issuer_url();
+    assert_eq!(doc["token_endpoint"], format!("{iss}/token"));
+    assert_eq!(doc["authorization_endpoint"], format!("{iss}/authorize"));
+    assert_eq!(
+        doc["issuer"],
+        iss.as_str(),
+        "sso-openid-connect: issuer and jwks_uri"
+    );
+    assert_eq!(doc["jwks_uri"], format!("{iss}/jwks"));
+    assert_eq!(
+        doc["grant_types_supported"],
+        json!(["authorization_code", "client_credentials"])
+    );
+    assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
+    let caps = doc["capabilities"].as_array().expect("capabilities");
+    for c in [
+        "launch-standalone",
+        "client-public",
+        "client-confidential-asymmetric",
+        "sso-openid-connect",
+        "permission-offline",
+        "permission-v2",
+    ] {
+        assert!(caps.contains(&json!(c)), "{c}: {doc}");
+    }
+    let scopes = doc["scopes_supported"].as_array().expect("scopes");
+    assert!(scopes.contains(&json!("launch/patient")), "{doc}");
+    assert!(
+        scopes
+            .iter()
+            .any(|s| s.as_str().is_some_and(|s| s.starts_with("patient/"))),
+        "the engine's enforced resource scopes: {doc}"
+    );
+
+    // Neither the backend nor the issuer has a document (the metadata is kept 5 minutes,
+    // so a fresh gateway shows it): the backend's 404 is passed on.
+    let stack = self::stack().await;
+    stack.issuer.set_discovery_failure(Some(503));
     stack
         .backend
         .set_reply_for_path("/fhir/.well-known/smart-configuration", Reply::Status(404));
@@ -560,6 +612,16 @@ async fn without_a_smart_configuration_upstream_its_answer_is_passed_on() {
         .await;
     assert_eq!(response.status(), 404);
     assert_eq!(json_of(response).await["resourceType"], "OperationOutcome");
+
+    // Any other failure upstream is not covered up.
+    stack.issuer.set_discovery_failure(None);
+    stack
+        .backend
+        .set_reply_for_path("/fhir/.well-known/smart-configuration", Reply::Status(500));
+    let response = stack
+        .get("/fhir/.well-known/smart-configuration", None)
+        .await;
+    assert_eq!(response.status(), 500);
 }
 
 #[tokio::test]

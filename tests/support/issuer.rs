@@ -45,6 +45,8 @@ struct IssuerState {
     jwks_failure: Mutex<Option<u16>>,
     /// When set, `/jwks` waits this long before answering.
     jwks_delay: Mutex<Option<Duration>>,
+    /// When set, the discovery documents answer this status instead of the metadata.
+    discovery_failure: Mutex<Option<u16>>,
 }
 
 impl TestIssuer {
@@ -64,6 +66,7 @@ impl TestIssuer {
             discovery_fetches: AtomicUsize::new(0),
             jwks_failure: Mutex::new(None),
             jwks_delay: Mutex::new(None),
+            discovery_failure: Mutex::new(None),
         });
         let served = state.clone();
         let server = HttpServer::start_on(
@@ -123,6 +126,12 @@ impl TestIssuer {
     /// Makes `/jwks` answer `status` (e.g. 500) until called again with `None`.
     pub fn set_jwks_failure(&self, status: Option<u16>) {
         *self.state.jwks_failure.lock() = status;
+    }
+
+    /// Makes the discovery documents answer `status` (e.g. 503) until called again with
+    /// `None`.
+    pub fn set_discovery_failure(&self, status: Option<u16>) {
+        *self.state.discovery_failure.lock() = status;
     }
 
     /// Makes `/jwks` answer only after `delay` (fetch timeout tests), until `None`.
@@ -203,7 +212,13 @@ impl IssuerState {
         match path {
             "/.well-known/openid-configuration" | "/.well-known/oauth-authorization-server" => {
                 self.discovery_fetches.fetch_add(1, Ordering::SeqCst);
-                response(200, "application/json", self.discovery().to_string())
+                let failure = *self.discovery_failure.lock();
+                match failure {
+                    Some(status) => {
+                        response(status, "application/json", r#"{"error":"unavailable"}"#)
+                    }
+                    None => response(200, "application/json", self.discovery().to_string()),
+                }
             }
             "/jwks" => {
                 self.jwks_fetches.fetch_add(1, Ordering::SeqCst);
@@ -230,6 +245,10 @@ impl IssuerState {
             "jwks_uri": format!("{iss}/jwks"),
             "authorization_endpoint": format!("{iss}/authorize"),
             "token_endpoint": format!("{iss}/token"),
+            "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+            "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": ["openid", "fhirUser", "launch/patient", "offline_access"],
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256", "ES256"],
