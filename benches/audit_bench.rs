@@ -49,7 +49,7 @@ fn record(i: u64) -> AuditRecord {
         path: "/fhir/Observation".into(),
         query: Some("patient=REDACTED&_count=50".into()),
         interaction: Some("search-type"),
-        resource_type: Some("Observation".into()),
+        resource_type: Some("Observation"),
         resource_id: None,
         route: Some("observation-search".into()),
         decision: "allow",
