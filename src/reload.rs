@@ -409,6 +409,7 @@ pub fn build_runtime(
         audit_allow_query: config.audit.allow_query_params.clone(),
         limiter,
         shadow: config.shadow_policy.clone(),
+        cors: config.cors.as_ref().map(crate::proxy::cors::Cors::new),
     })
 }
 
@@ -417,7 +418,7 @@ pub fn build_runtime(
 /// and its cache are built once), revocation, the audit trail (the writer holds the file;
 /// `audit.allow_query_params` alone is reloadable), logging, and process settings.
 ///
-/// Reloadable: `realm`, `upstream`, `forwarding`, `rate_limit`, `policy`, `shadow_policy`,
+/// Reloadable: `realm`, `upstream`, `forwarding`, `cors`, `rate_limit`, `policy`, `shadow_policy`,
 /// `reload`, `audit.allow_query_params`. Every field is named below, so a new configuration
 /// key does not compile until it is classified here.
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
@@ -434,6 +435,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         revocation,
         audit,
         forwarding: _,
+        cors: _,
         log,
         rate_limit: _,
         policy_path: _,

@@ -198,6 +198,7 @@ static CONFIG: Obj = Obj {
         may("revocation", Ty::Obj(&REVOCATION), "Revocation in the gateway (`POST /admin/revoke`)."),
         may("audit", Ty::Obj(&AUDIT), "Audit trail."),
         may("forwarding", Ty::Obj(&FORWARDING), "Header handling toward the upstream."),
+        may("cors", Ty::Obj(&CORS), "CORS for browser apps: allowed origins get their preflights answered by fhirwall and CORS fields on every response. Absent: no CORS handling (an `OPTIONS` preflight is decided like any request, and refused without a token)."),
         may("log", Ty::Obj(&LOG), "Operational log."),
         may("rate_limit", Ty::Obj(&RATE_LIMIT), "Where rate-limit state lives (the quotas themselves are in the policy)."),
         may("shadow_policy", Ty::NonEmpty, "A candidate policy evaluated beside the active one on every request, without effect: its differing decisions are counted (`fhirwall_shadow_decisions_total`) and logged."),
@@ -363,6 +364,16 @@ static FORWARDING: Obj = Obj {
         "false",
         "`true` (only behind a trusted proxy): keep incoming `X-Forwarded-For` and append the client address. `false` (fhirwall is the edge): replace it and drop `Forwarded`, `X-Real-IP` and the like.",
     )],
+};
+
+static CORS: Obj = Obj {
+    keys: Keys::Table("config/file.rs::CORS_KEYS"),
+    desc: "CORS for browser apps (Fetch Standard CORS protocol).",
+    props: &[
+        req("allowed_origins", STRINGS, "Origins browser apps are served from, exactly as browsers send `Origin` (`https://app.example.org`, lower case, optional port, no path), or `[\"*\"]` alone for any origin."),
+        opt("allowed_headers", STRINGS, r#"["Authorization","Content-Type","Accept","Prefer","If-Match","If-None-Match","If-None-Exist","If-Modified-Since","X-Request-Id"]"#, "Request headers apps may send (`Access-Control-Allow-Headers`); `Authorization` must be listed for bearer tokens."),
+        opt("max_age", Ty::Duration, "10m", "How long browsers may cache a preflight answer (`Access-Control-Max-Age`; at most 24h)."),
+    ],
 };
 
 static LOG: Obj = Obj {

@@ -17,7 +17,7 @@ use jsonwebtoken::Algorithm;
 use super::yaml::{self, index, join, MapView, Mark, Node, Reader};
 use super::{
     AuditCheckpointConfig, AuditConfig, AuditDurability, AuditTarget, ClientAuth, ClientCertConfig,
-    ClientCertMode, Config, Diagnostic, Diagnostics, ForwardingConfig, IdentityFiles,
+    ClientCertMode, Config, CorsConfig, Diagnostic, Diagnostics, ForwardingConfig, IdentityFiles,
     IntrospectionConfig, IssuerConfig, ListenerConfig, ListenerTlsConfig, LogConfig,
     RateLimitConfig, ReloadConfig, RevocationConfig, SecretSource, TokenCacheConfig,
     UpstreamConfig,
@@ -36,6 +36,7 @@ const TOP_KEYS: &[&str] = &[
     "revocation",
     "audit",
     "forwarding",
+    "cors",
     "log",
     "rate_limit",
     "shadow_policy",
@@ -120,6 +121,24 @@ const AUDIT_KEYS: &[&str] = &[
 ];
 const AUDIT_CHECKPOINT_KEYS: &[&str] = &["key_file", "every_records", "interval"];
 const FORWARDING_KEYS: &[&str] = &["trust_forwarded_for"];
+const CORS_KEYS: &[&str] = &["allowed_origins", "allowed_headers", "max_age"];
+/// Request headers a SMART app sends: the token, FHIR content negotiation and conditional
+/// interactions (R4 http.html: `Prefer`, `If-Match`, `If-None-Match`, `If-None-Exist`,
+/// `If-Modified-Since`), and the request id. `Authorization` must be named: the Fetch
+/// Standard never lets `*` cover it.
+const DEFAULT_CORS_HEADERS: [&str; 9] = [
+    "Authorization",
+    "Content-Type",
+    "Accept",
+    "Prefer",
+    "If-Match",
+    "If-None-Match",
+    "If-None-Exist",
+    "If-Modified-Since",
+    "X-Request-Id",
+];
+/// Longest `cors.max_age` (browsers cap it lower still: Chromium at 2 hours).
+const MAX_CORS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const LOG_KEYS: &[&str] = &["level", "format"];
 
 /// Algorithms accepted when an issuer lists none: every asymmetric algorithm.
@@ -270,6 +289,7 @@ struct Parts {
     revocation: RevocationConfig,
     audit: AuditConfig,
     forwarding: ForwardingConfig,
+    cors: Option<CorsConfig>,
     log: LogConfig,
     rate_limit: RateLimitConfig,
     /// Resolved path of the shadow policy, where it is written, and its key.
@@ -298,6 +318,7 @@ impl Parts {
             revocation,
             audit,
             forwarding,
+            cors,
             log,
             rate_limit,
             shadow_policy: shadow_policy_path,
@@ -318,6 +339,7 @@ impl Parts {
             revocation,
             audit,
             forwarding,
+            cors,
             log,
             rate_limit,
             policy_path: policy_path.map(|(p, _, _)| p).unwrap_or_default(),
@@ -527,6 +549,11 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
         })
     });
 
+    let cors = match top.get("cors") {
+        None => Some(None),
+        Some(_) => section(r, &top, "cors", CORS_KEYS, cors).map(Some),
+    };
+
     let log = section(r, &top, "log", LOG_KEYS, |r, m| {
         let level = opt(r, m, "log", "level", "info".to_owned(), |r, n, k| {
             let s = r.string(n, k)?;
@@ -634,6 +661,7 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
         revocation: revocation?,
         audit: audit?,
         forwarding: forwarding?,
+        cors: cors?,
         log: log?,
         rate_limit: rate_limit?,
         shadow_policy: shadow_policy?,
@@ -644,6 +672,133 @@ fn read(r: &mut Reader<'_>, root: &Node, base_dir: &Path) -> Option<Parts> {
 }
 
 /// An optional section: its defaults when absent.
+/// `cors:`. `allowed_origins` is required: `["*"]` (any origin) or a list of exact origins
+/// (`scheme://host[:port]`, as a browser sends `Origin`: lower case, no path).
+fn cors(r: &mut Reader<'_>, m: &MapView<'_>) -> Option<CorsConfig> {
+    let allowed_origins = match m.get("allowed_origins") {
+        None => {
+            r.error(
+                m.mark,
+                "cors.allowed_origins",
+                "missing: list the origins browser apps are served from, or `[\"*\"]` for any",
+            );
+            None
+        }
+        Some(n) => {
+            let items = r.strings(n, "cors.allowed_origins")?;
+            let mut ok = true;
+            let mut out: Vec<String> = Vec::with_capacity(items.len());
+            let any = items.iter().any(|(s, _)| *s == "*");
+            if any && items.len() > 1 {
+                r.error(
+                    n.mark,
+                    "cors.allowed_origins",
+                    "`*` allows every origin: list it alone",
+                );
+                ok = false;
+            }
+            if items.is_empty() {
+                r.error(
+                    n.mark,
+                    "cors.allowed_origins",
+                    "empty: list at least one origin (or remove `cors`)",
+                );
+                ok = false;
+            }
+            for (i, (origin, item)) in items.iter().enumerate() {
+                if *origin == "*" {
+                    continue;
+                }
+                if let Err(why) = check_origin(origin) {
+                    r.error(item.mark, &index("cors.allowed_origins", i), why);
+                    ok = false;
+                } else if out.iter().any(|o| o == origin) {
+                    r.error(
+                        item.mark,
+                        &index("cors.allowed_origins", i),
+                        format!("origin `{origin}` is listed twice"),
+                    );
+                    ok = false;
+                } else {
+                    out.push((*origin).to_owned());
+                }
+            }
+            ok.then_some(if any { None } else { Some(out) })
+        }
+    };
+    let allowed_headers = opt(
+        r,
+        m,
+        "cors",
+        "allowed_headers",
+        DEFAULT_CORS_HEADERS.map(str::to_owned).to_vec(),
+        |r, n, k| {
+            let items = r.strings(n, k)?;
+            let mut ok = true;
+            for (i, (h, item)) in items.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() || *h == "*" {
+                    r.error(
+                        item.mark,
+                        &index(k, i),
+                        format!("`{h}` is not a header name"),
+                    );
+                    ok = false;
+                }
+            }
+            ok.then(|| items.into_iter().map(|(s, _)| s.to_owned()).collect())
+        },
+    );
+    let max_age = opt(
+        r,
+        m,
+        "cors",
+        "max_age",
+        Duration::from_secs(600),
+        |r, n, k| {
+            let d = r_duration(r, n, k)?;
+            if d > MAX_CORS_MAX_AGE {
+                r.error(n.mark, k, "`cors.max_age` must be at most 24h");
+                return None;
+            }
+            Some(d)
+        },
+    );
+    Some(CorsConfig {
+        allowed_origins: allowed_origins?,
+        allowed_headers: allowed_headers?,
+        max_age: max_age?,
+    })
+}
+
+/// An origin as browsers serialize it (RFC 6454 §6.2): `http`/`https`, lower-case host,
+/// optional port, nothing after.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{origin}` is not an origin: expected `https://host[:port]`"))?;
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.[]:".contains(&b));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
+    });
+    if !host_ok || !port_ok {
+        return Err(format!(
+            "`{origin}` is not an origin as a browser sends it: lower-case host, optional port, no path or trailing `/`"
+        ));
+    }
+    Ok(())
+}
+
 fn section<T>(
     r: &mut Reader<'_>,
     top: &MapView<'_>,

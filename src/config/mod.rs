@@ -45,6 +45,9 @@ pub struct Config {
     pub audit: AuditConfig,
     /// How `X-Forwarded-*` and `X-Request-Id` are handled.
     pub forwarding: ForwardingConfig,
+    /// CORS for browser apps (`cors:`); `None`: fhirwall adds no CORS fields and answers no
+    /// preflight (an `OPTIONS` request is decided like any other).
+    pub cors: Option<CorsConfig>,
     /// Operational log settings.
     pub log: LogConfig,
     /// Rate-limit state: local, or shared through Redis (the quotas are in the policy).
@@ -338,6 +341,17 @@ pub struct ForwardingConfig {
     /// Keep an incoming `X-Forwarded-For` and append the client address (true) or replace it
     /// (false, default: the gateway is the edge).
     pub trust_forwarded_for: bool,
+}
+
+/// `cors:`: which browser origins may call the gateway (Fetch Standard, CORS protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Allowed origins (`https://app.example.org`, lower case, no path); `None`: any (`*`).
+    pub allowed_origins: Option<Vec<String>>,
+    /// Request headers a browser app may send (`Access-Control-Allow-Headers`).
+    pub allowed_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer (`Access-Control-Max-Age`).
+    pub max_age: Duration,
 }
 
 /// Operational log settings.

@@ -122,6 +122,13 @@ impl Decision {
 // === impl Permit ===
 
 impl Permit {
+    /// The permit of a CORS preflight from an allowed origin (`cors:`): answered by the
+    /// gateway itself with its CORS fields, never forwarded, recorded as the public route
+    /// `cors:preflight` (crate::proxy::cors).
+    pub fn cors_preflight() -> Self {
+        Permit::new("cors:preflight".into(), true, "".into(), "".into())
+    }
+
     /// Only the policy grants permits.
     pub(in crate::policy) fn new(
         route_id: Arc<str>,

@@ -24,6 +24,7 @@
 pub mod batch;
 pub mod body;
 pub mod check;
+pub mod cors;
 pub mod discovery;
 pub mod evaluate;
 pub mod exchange;
@@ -48,7 +49,7 @@ use crate::audit::{redact_query, AuditRecord, AuditSink, ScopeList};
 use crate::auth::{bearer, Authenticator, Principal};
 use crate::metrics::{method_label, status_class, Metrics};
 use crate::policy::smart::{Checks, Classified, Trace};
-use crate::policy::{Decision, Denial, DenyReason, Policy};
+use crate::policy::{Decision, Denial, DenyReason, Permit, Policy};
 use crate::ratelimit::{Limiter, RequestKeys, RequestLimits, RATELIMIT, RATELIMIT_POLICY};
 use check::Release;
 use exchange::{Exchanger, Upstreamed};
@@ -71,6 +72,8 @@ pub struct Runtime {
     pub limiter: Arc<Limiter>,
     /// A candidate policy decided beside the active one and only compared ([`crate::shadow`]).
     pub shadow: Option<Arc<Policy>>,
+    /// CORS for browser apps (`cors:`), when configured.
+    pub cors: Option<cors::Cors>,
 }
 
 /// The gateway: fhirwall's [`ProxyHttp`] implementation.
@@ -414,7 +417,7 @@ impl Gateway {
         } else {
             None
         };
-        let extra = match &limits {
+        let mut extra = match &limits {
             Some((policy, state)) => {
                 vec![
                     (RATELIMIT_POLICY, policy.as_str()),
@@ -423,7 +426,41 @@ impl Gateway {
             }
             None => Vec::new(),
         };
+        let cors = rt
+            .cors
+            .as_ref()
+            .and_then(|c| c.response_fields(session.req_header()));
+        push_cors(&mut extra, cors.as_ref());
         answer.write_with(session, &ctx.request_id, &extra).await
+    }
+
+    /// The answer to an allowed CORS preflight: 204 with the CORS fields (under strict
+    /// durability, once its record is on disk; else the 503 of an unavailable trail).
+    async fn send_preflight(
+        &self,
+        session: &mut Session,
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if self.audit.is_strict() {
+            ctx.bytes_out_hint = Some(0);
+            if !self.commit_record(session, ctx, 204).await {
+                return Self::audit_unavailable(rt)
+                    .write(session, &ctx.request_id)
+                    .await;
+            }
+        }
+        let fields = rt
+            .cors
+            .as_ref()
+            .map(|c| c.preflight_fields(session.req_header()))
+            .unwrap_or_default();
+        let mut resp = ResponseHeader::build(204, Some(fields.len() + 1))?;
+        for (name, value) in fields {
+            resp.insert_header(name, value)?;
+        }
+        resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        session.write_response_header(Box::new(resp), true).await
     }
 
     /// What every response header from upstream gets on its way to the client (streaming
@@ -436,6 +473,9 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(cors) = ctx.runtime.as_ref().and_then(|rt| rt.cors.as_ref()) {
+            cors.apply(session.req_header(), resp)?;
+        }
         if ctx
             .runtime
             .as_ref()
@@ -1044,6 +1084,18 @@ impl ProxyHttp for Gateway {
             _ => upstream::new_request_id(),
         };
         ctx.runtime = Some(rt.clone());
+        // A browser's CORS preflight carries no token: answered here for an allowed origin
+        // (never forwarded); while the audit trail is down it is refused like everything.
+        if self.audit.is_healthy()
+            && rt
+                .cors
+                .as_ref()
+                .is_some_and(|c| c.is_allowed_preflight(session.req_header()))
+        {
+            ctx.decision = Some(Decision::Allow(Permit::cors_preflight()));
+            self.send_preflight(session, &rt, ctx).await?;
+            return Ok(true);
+        }
         let mut evaluated = self.decide(session, &rt, ctx).await;
         if let Evaluated::NeedsBody { max } = evaluated {
             match self.decide_with_body(session, &rt, ctx, max).await {
@@ -1276,7 +1328,14 @@ impl ProxyHttp for Gateway {
                         }
                     }
                 }
-                if let Err(we) = a.write(session, &ctx.request_id).await {
+                let cors = ctx
+                    .runtime
+                    .as_ref()
+                    .and_then(|rt| rt.cors.as_ref())
+                    .and_then(|c| c.response_fields(session.req_header()));
+                let mut extra = Vec::new();
+                push_cors(&mut extra, cors.as_ref());
+                if let Err(we) = a.write_with(session, &ctx.request_id, &extra).await {
                     tracing::debug!(request.id = %ctx.request_id, error = %we, "could not send error response");
                 }
                 a.status
@@ -1352,6 +1411,17 @@ impl ProxyHttp for Gateway {
 /// scheme the client used to reach the gateway.
 fn forwarded_proto(session: &Session) -> &'static str {
     crate::tls::forwarded_proto(session)
+}
+
+/// Adds the CORS response fields (if any) to a locally written answer's extra fields.
+fn push_cors<'a>(extra: &mut Vec<(&'static str, &'a str)>, fields: Option<&'a cors::Fields>) {
+    for (name, value) in fields.into_iter().flatten() {
+        // Values are the allowed origin (visible ASCII when configured; any origin's bytes
+        // with `*`, which may not be text: then no field, and the browser blocks the read).
+        if let Ok(v) = value.to_str() {
+            extra.push((name, v));
+        }
+    }
 }
 
 /// Whether a FHIR request can be one of the public interactions (SMART-SEMANTICS §9:

@@ -549,17 +549,22 @@ async fn an_engine_decision_is_audited_with_its_route_and_reasons() {
     assert_eq!(allowed["granted_by"], "patient/Observation.rs");
 }
 
+/// `GET [base]/.well-known/smart-configuration` (no token) while the backend answers it
+/// with `status`.
+async fn discovery_with_backend_answering(stack: &Stack, status: u16) -> reqwest::Response {
+    let path = "/fhir/.well-known/smart-configuration";
+    stack
+        .backend
+        .set_reply_for_path(path, Reply::Status(status));
+    stack.get(path, None).await
+}
+
 #[tokio::test]
 async fn without_a_smart_configuration_upstream_one_is_generated_from_the_issuer_metadata() {
     // SAL2 "Conformance": FHIR endpoints requiring authorization SHALL serve the document;
     // a backend that has none gets fhirwall's, built from the issuer's discovery metadata.
     let stack = stack().await;
-    stack
-        .backend
-        .set_reply_for_path("/fhir/.well-known/smart-configuration", Reply::Status(404));
-    let response = stack
-        .get("/fhir/.well-known/smart-configuration", None)
-        .await;
+    let response = discovery_with_backend_answering(&stack, 404).await;
     assert_eq!(response.status(), 200);
     assert!(response
         .headers()
@@ -604,23 +609,13 @@ async fn without_a_smart_configuration_upstream_one_is_generated_from_the_issuer
     // so a fresh gateway shows it): the backend's 404 is passed on.
     let stack = self::stack().await;
     stack.issuer.set_discovery_failure(Some(503));
-    stack
-        .backend
-        .set_reply_for_path("/fhir/.well-known/smart-configuration", Reply::Status(404));
-    let response = stack
-        .get("/fhir/.well-known/smart-configuration", None)
-        .await;
+    let response = discovery_with_backend_answering(&stack, 404).await;
     assert_eq!(response.status(), 404);
     assert_eq!(json_of(response).await["resourceType"], "OperationOutcome");
 
     // Any other failure upstream is not covered up.
     stack.issuer.set_discovery_failure(None);
-    stack
-        .backend
-        .set_reply_for_path("/fhir/.well-known/smart-configuration", Reply::Status(500));
-    let response = stack
-        .get("/fhir/.well-known/smart-configuration", None)
-        .await;
+    let response = discovery_with_backend_answering(&stack, 500).await;
     assert_eq!(response.status(), 500);
 }
 

@@ -15,6 +15,7 @@ mod audit_durability;
 mod authentication;
 mod bearer;
 mod check;
+mod cors;
 mod default_deny;
 mod explain;
 mod fhir_proxy;

@@ -661,3 +661,75 @@ fn bad_reload_shadow_and_process_keys_are_errors_at_their_position() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn cors_is_off_unless_configured_and_defaults_to_the_smart_request_headers() {
+    let f = Fixture::new();
+    let (config, _) = f.load(MINIMAL).unwrap();
+    assert_eq!(config.cors, None);
+    let (config, _) = f
+        .load(&format!(
+            "{MINIMAL}cors:\n  allowed_origins: [https://app.example.org, \"http://localhost:3000\"]\n"
+        ))
+        .unwrap();
+    let cors = config.cors.expect("cors");
+    assert_eq!(
+        cors.allowed_origins.as_deref(),
+        Some(
+            &[
+                "https://app.example.org".to_owned(),
+                "http://localhost:3000".to_owned()
+            ][..]
+        )
+    );
+    assert!(cors.allowed_headers.iter().any(|h| h == "Authorization"));
+    assert_eq!(cors.max_age, Duration::from_secs(600));
+    let (config, _) = f
+        .load(&format!(
+            "{MINIMAL}cors:\n  allowed_origins: [\"*\"]\n  allowed_headers: [Authorization]\n  max_age: 1h\n"
+        ))
+        .unwrap();
+    let cors = config.cors.expect("cors");
+    assert_eq!(cors.allowed_origins, None, "`*`: any origin");
+    assert_eq!(cors.allowed_headers, ["Authorization"]);
+    assert_eq!(cors.max_age, Duration::from_secs(3600));
+}
+
+#[test]
+fn cors_mistakes_name_the_file_line_and_key() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.errors(&format!("{MINIMAL}cors:\n  max_age: 5m\n")),
+        ["fhirwall.yaml:10:3 cors.allowed_origins | missing: list the origins browser apps are served from, or `[\"*\"]` for any"]
+    );
+    assert_eq!(
+        f.errors(&format!(
+            "{MINIMAL}cors:\n  allowed_origins:\n    - https://app.example.org/\n    - https://App.example.org\n    - app.example.org\n    - https://a.example:99999\n"
+        )),
+        [
+            "fhirwall.yaml:11:7 cors.allowed_origins[0] | `https://app.example.org/` is not an origin as a browser sends it: lower-case host, optional port, no path or trailing `/`",
+            "fhirwall.yaml:12:7 cors.allowed_origins[1] | `https://App.example.org` is not an origin as a browser sends it: lower-case host, optional port, no path or trailing `/`",
+            "fhirwall.yaml:13:7 cors.allowed_origins[2] | `app.example.org` is not an origin: expected `https://host[:port]`",
+            "fhirwall.yaml:14:7 cors.allowed_origins[3] | `https://a.example:99999` is not an origin as a browser sends it: lower-case host, optional port, no path or trailing `/`",
+        ]
+    );
+    assert_eq!(
+        f.errors(&format!(
+            "{MINIMAL}cors:\n  allowed_origins: [\"*\", https://a.example]\n"
+        )),
+        ["fhirwall.yaml:10:20 cors.allowed_origins | `*` allows every origin: list it alone"]
+    );
+    assert_eq!(
+        f.errors(&format!(
+            "{MINIMAL}cors:\n  allowed_origins: [https://a.example, https://a.example]\n  allowed_headers: [\"bad header\"]\n  max_age: 2d\n"
+        ))
+        .len(),
+        3
+    );
+    assert_eq!(
+        f.errors(&format!(
+            "{MINIMAL}cors:\n  allowed_origins: [https://a.example]\n  max_age: 25h\n"
+        )),
+        ["fhirwall.yaml:11:12 cors.max_age | `cors.max_age` must be at most 24h"]
+    );
+}
