@@ -31,6 +31,18 @@ async fn preflight(stack: &Stack, origin: &str) -> reqwest::Response {
         .expect("OPTIONS")
 }
 
+/// `GET /fhir/Patient/123` from `origin`, with a token or without.
+async fn get_from(stack: &Stack, origin: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = stack
+        .client
+        .get(stack.url("/fhir/Patient/123"))
+        .header("origin", origin);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("GET")
+}
+
 fn field<'r>(response: &'r reqwest::Response, name: &str) -> Option<&'r str> {
     response.headers().get(name).map(|v| v.to_str().unwrap())
 }
@@ -64,16 +76,8 @@ async fn a_preflight_from_an_allowed_origin_is_answered_without_a_token_and_not_
 #[tokio::test]
 async fn responses_to_an_allowed_origin_carry_the_cors_fields_refusals_included() {
     let stack = stack().await;
-    // The backend says something of its own about CORS: the gateway's configuration decides.
     let token = stack.token("patient/Patient.r", true);
-    let response = stack
-        .client
-        .get(stack.url("/fhir/Patient/123"))
-        .bearer_auth(&token)
-        .header("origin", APP)
-        .send()
-        .await
-        .expect("GET");
+    let response = get_from(&stack, APP, Some(&token)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(field(&response, "access-control-allow-origin"), Some(APP));
     let exposed = field(&response, "access-control-expose-headers").unwrap();
@@ -82,13 +86,7 @@ async fn responses_to_an_allowed_origin_carry_the_cors_fields_refusals_included(
     }
 
     // A refusal must be readable too, or the app never sees why (RFC 6750 challenge).
-    let response = stack
-        .client
-        .get(stack.url("/fhir/Patient/123"))
-        .header("origin", APP)
-        .send()
-        .await
-        .expect("GET");
+    let response = get_from(&stack, APP, None).await;
     assert_eq!(response.status(), 401);
     assert_eq!(field(&response, "access-control-allow-origin"), Some(APP));
     assert!(field(&response, "www-authenticate").is_some());
@@ -107,14 +105,7 @@ async fn another_origin_gets_no_cors_fields_and_its_preflight_is_refused() {
     stack.assert_backend_untouched();
 
     let token = stack.token("patient/Patient.r", true);
-    let response = stack
-        .client
-        .get(stack.url("/fhir/Patient/123"))
-        .bearer_auth(&token)
-        .header("origin", "https://evil.example.org")
-        .send()
-        .await
-        .expect("GET");
+    let response = get_from(&stack, "https://evil.example.org", Some(&token)).await;
     assert_eq!(
         response.status(),
         200,
