@@ -1092,8 +1092,37 @@ impl ProxyHttp for Gateway {
                 .as_ref()
                 .is_some_and(|c| c.is_allowed_preflight(session.req_header()))
         {
-            ctx.decision = Some(Decision::Allow(Permit::cors_preflight()));
-            self.send_preflight(session, &rt, ctx).await?;
+            // Per-address quotas count preflights too: they are unauthenticated requests
+            // that each cost an audit record.
+            let req = session.req_header();
+            let keys = RequestKeys {
+                method: &req.method,
+                path: req.uri.path(),
+                query: req.uri.query(),
+                route: "cors:preflight",
+                address: rt.limiter.client_address(
+                    session
+                        .client_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.ip()),
+                    &req.headers,
+                ),
+                principal: None,
+            };
+            match rt.limiter.check_before_auth(&keys).await {
+                Ok(admitted) => {
+                    ctx.limits.admit(admitted);
+                    ctx.decision = Some(Decision::Allow(Permit::cors_preflight()));
+                    self.send_preflight(session, &rt, ctx).await?;
+                }
+                Err(limited) => {
+                    let denial = ctx.limits.refuse(limited);
+                    log_denial(&denial, &ctx.request_id);
+                    let answer = Answer::for_denial(&denial, &rt.realm);
+                    ctx.decision = Some(Decision::Deny(denial));
+                    self.send_answer(session, &rt, ctx, answer).await?;
+                }
+            }
             return Ok(true);
         }
         let mut evaluated = self.decide(session, &rt, ctx).await;

@@ -123,3 +123,25 @@ async fn without_cors_configured_a_preflight_is_an_ordinary_unauthenticated_requ
     assert!(field(&response, "access-control-allow-origin").is_none());
     stack.assert_backend_untouched();
 }
+
+#[tokio::test]
+async fn preflights_count_against_per_address_quotas() {
+    let stack = Stack::start_with(|b| {
+        b.policy_yaml(
+            "version: 1\nbase_path: /fhir\nfhir:\n  version: R4\nroutes: []\nquotas:\n  - id: per-address\n    key: address\n    rate: 2/1m\n",
+        )
+        .config_override(&format!("{{ cors: {{ allowed_origins: [\"{APP}\"] }} }}"))
+    })
+    .await;
+    assert_eq!(preflight(&stack, APP).await.status(), 204);
+    assert_eq!(preflight(&stack, APP).await.status(), 204);
+    let limited = preflight(&stack, APP).await;
+    assert_eq!(limited.status(), 429);
+    assert!(field(&limited, "retry-after").is_some());
+    assert_eq!(
+        field(&limited, "access-control-allow-origin"),
+        Some(APP),
+        "the app can read why it was refused"
+    );
+    stack.assert_backend_untouched();
+}
