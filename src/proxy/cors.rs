@@ -3,7 +3,8 @@
 //! A SMART app running in a browser sends its FHIR requests with an `Authorization` header,
 //! so the browser first sends a preflight: `OPTIONS` with `Origin` and
 //! `Access-Control-Request-Method`, and no token. fhirwall answers it itself (204, never
-//! forwarded, audited as `cors:preflight`) when the origin is allowed; an origin that is not
+//! forwarded, audited as `cors:preflight`, counted by per-address quotas) when the origin is
+//! allowed; an origin that is not
 //! allowed gets no CORS fields, and its preflight is decided like any other request (refused:
 //! there is no token), so the browser blocks the call. Every other response to an allowed
 //! origin (forwarded, or answered by fhirwall: a 401 must be readable for the app to see
