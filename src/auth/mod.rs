@@ -87,7 +87,17 @@ pub struct Authenticator {
     /// The first issuer's authorization server metadata, when last fetched (for the SMART
     /// configuration fhirwall publishes when the backend has none); the async lock makes
     /// the fetch single-flight.
-    server_metadata: tokio::sync::Mutex<Option<(Instant, ServerMetadata)>>,
+    server_metadata: tokio::sync::Mutex<MetadataState>,
+}
+
+/// What [`Authenticator::server_metadata`] remembers between calls.
+#[derive(Default)]
+struct MetadataState {
+    /// The last document fetched, and when.
+    doc: Option<(Instant, ServerMetadata)>,
+    /// When the last fetch failed: no new attempt for [`SERVER_METADATA_RETRY`], so
+    /// discovery requests during a provider outage do not each wait for the fetch timeout.
+    failed_at: Option<Instant>,
 }
 
 /// An authorization server's metadata document (RFC 8414 / OpenID Connect Discovery).
@@ -97,6 +107,8 @@ pub type ServerMetadata = Arc<serde_json::Map<String, serde_json::Value>>;
 const SERVER_METADATA_TTL: Duration = Duration::from_secs(300);
 /// How long stale server metadata is still used while the provider cannot be reached.
 const SERVER_METADATA_STALE: Duration = Duration::from_secs(3600);
+/// How long after a failed metadata fetch the next one is tried.
+const SERVER_METADATA_RETRY: Duration = Duration::from_secs(30);
 
 /// Per-entry lifetime of the negative cache: the duration stored with the entry.
 struct NegativeTtl;
@@ -192,37 +204,48 @@ impl Authenticator {
             revocations: RevocationList::new(revocation.max_entries),
             seen_withdrawals: AtomicU64::new(0),
             metrics,
-            server_metadata: tokio::sync::Mutex::new(None),
+            server_metadata: tokio::sync::Mutex::new(MetadataState::default()),
         })
     }
 
     /// The authorization server metadata of the first configured issuer (the one a SMART
     /// app is sent to), fetched from its discovery document and kept for 5 minutes; while
-    /// the provider cannot be reached, the last document is used for up to an hour. `None`
-    /// when there is none (logged).
+    /// the provider cannot be reached, the last document is used for up to an hour, and a
+    /// failed fetch is not tried again for 30 s. `None` when there is none (logged).
     pub async fn server_metadata(&self) -> Option<ServerMetadata> {
         let issuer = self.issuers.first()?;
         let mut held = self.server_metadata.lock().await;
-        if let Some((at, doc)) = held.as_ref() {
-            if at.elapsed() < SERVER_METADATA_TTL {
-                return Some(doc.clone());
-            }
+        let stale = held
+            .doc
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < SERVER_METADATA_STALE)
+            .map(|(_, doc)| doc.clone());
+        if held
+            .doc
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < SERVER_METADATA_TTL)
+            || held
+                .failed_at
+                .is_some_and(|at| at.elapsed() < SERVER_METADATA_RETRY)
+        {
+            return stale;
         }
         match issuer.keys.server_metadata().await {
             Ok(doc) => {
                 let doc = Arc::new(doc);
-                *held = Some((Instant::now(), doc.clone()));
+                *held = MetadataState {
+                    doc: Some((Instant::now(), doc.clone())),
+                    failed_at: None,
+                };
                 Some(doc)
             }
             Err(e) => {
-                let stale = held
-                    .as_ref()
-                    .filter(|(at, _)| at.elapsed() < SERVER_METADATA_STALE)
-                    .map(|(_, doc)| doc.clone());
+                held.failed_at = Some(Instant::now());
                 tracing::warn!(
                     issuer = %issuer.name,
                     error = %e,
                     using_stale = stale.is_some(),
+                    retry_in_s = SERVER_METADATA_RETRY.as_secs(),
                     "authorization server metadata unavailable for the SMART configuration"
                 );
                 stale
