@@ -41,6 +41,18 @@ async fn wait_for_metric(gateway: &Gateway, name: &str, labels: &[(&str, &str)],
     }
 }
 
+/// Sends SIGHUP and waits until the `result` reload counter reaches `count`.
+async fn reload_by_signal(stack: &Stack, result: &str, count: f64) {
+    stack.gateway.signal("HUP");
+    wait_for_metric(
+        &stack.gateway,
+        "fhirwall_reloads_total",
+        &[("result", result)],
+        count,
+    )
+    .await;
+}
+
 fn policy_path(stack: &Stack) -> std::path::PathBuf {
     stack.gateway.dir().join("policy.yaml")
 }
@@ -185,14 +197,7 @@ async fn an_invalid_policy_is_refused_with_its_position_and_the_old_one_keeps_se
         "    path: /Patient/{id}\n    scope: nothing\n",
     );
     std::fs::write(policy_path(&stack), &broken).expect("write policy");
-    stack.gateway.signal("HUP");
-    wait_for_metric(
-        &stack.gateway,
-        "fhirwall_reloads_total",
-        &[("result", "failure")],
-        1.0,
-    )
-    .await;
+    reload_by_signal(&stack, "failure", 1.0).await;
 
     assert_eq!(
         stack
@@ -230,14 +235,7 @@ async fn an_invalid_policy_is_refused_with_its_position_and_the_old_one_keeps_se
 
     // Fixed: the next reload succeeds and the gauge recovers.
     std::fs::write(policy_path(&stack), with_encounters()).expect("write policy");
-    stack.gateway.signal("HUP");
-    wait_for_metric(
-        &stack.gateway,
-        "fhirwall_reloads_total",
-        &[("result", "success")],
-        1.0,
-    )
-    .await;
+    reload_by_signal(&stack, "success", 1.0).await;
     assert_eq!(
         stack
             .gateway
@@ -272,14 +270,7 @@ async fn sighup_reloads_when_file_watching_is_off() {
             .await,
         None
     );
-    stack.gateway.signal("HUP");
-    wait_for_metric(
-        &stack.gateway,
-        "fhirwall_reloads_total",
-        &[("result", "success")],
-        1.0,
-    )
-    .await;
+    reload_by_signal(&stack, "success", 1.0).await;
     assert_eq!(
         stack.get("/fhir/Encounter/1", Some(&token)).await.status(),
         200
@@ -306,14 +297,7 @@ async fn a_change_that_needs_a_restart_is_refused_naming_the_key() {
         format!("{config}token_cache:\n  max_entries: 7\n"),
     )
     .expect("write config");
-    stack.gateway.signal("HUP");
-    wait_for_metric(
-        &stack.gateway,
-        "fhirwall_reloads_total",
-        &[("result", "failure")],
-        1.0,
-    )
-    .await;
+    reload_by_signal(&stack, "failure", 1.0).await;
     let stderr = stack.gateway.stderr();
     assert!(
         stderr
@@ -350,14 +334,7 @@ async fn rate_limit_state_survives_a_reload_that_keeps_the_quotas() {
         format!("{}{quotas}", with_encounters()),
     )
     .expect("write policy");
-    stack.gateway.signal("HUP");
-    wait_for_metric(
-        &stack.gateway,
-        "fhirwall_reloads_total",
-        &[("result", "success")],
-        1.0,
-    )
-    .await;
+    reload_by_signal(&stack, "success", 1.0).await;
     assert_eq!(
         stack.get("/fhir/Patient/123", Some(&token)).await.status(),
         429
@@ -377,14 +354,7 @@ async fn rate_limit_state_survives_a_reload_that_keeps_the_quotas() {
         format!("{}{looser}", with_encounters()),
     )
     .expect("write policy");
-    stack.gateway.signal("HUP");
-    wait_for_metric(
-        &stack.gateway,
-        "fhirwall_reloads_total",
-        &[("result", "success")],
-        2.0,
-    )
-    .await;
+    reload_by_signal(&stack, "success", 2.0).await;
     assert_eq!(
         stack.get("/fhir/Patient/123", Some(&token)).await.status(),
         200
@@ -424,14 +394,7 @@ async fn a_request_in_flight_finishes_under_the_version_it_started_with() {
     );
     assert_ne!(stricter, POLICY);
     std::fs::write(policy_path(&stack), stricter).expect("write policy");
-    stack.gateway.signal("HUP");
-    wait_for_metric(
-        &stack.gateway,
-        "fhirwall_reloads_total",
-        &[("result", "success")],
-        1.0,
-    )
-    .await;
+    reload_by_signal(&stack, "success", 1.0).await;
 
     let response = in_flight.await.expect("task").expect("answered");
     assert_eq!(
@@ -463,23 +426,9 @@ async fn reload_events_are_structured_in_json_logs() {
     })
     .await;
     std::fs::write(policy_path(&stack), "version: 1\nroutes: []\nbogus: 1\n").expect("write");
-    stack.gateway.signal("HUP");
-    wait_for_metric(
-        &stack.gateway,
-        "fhirwall_reloads_total",
-        &[("result", "failure")],
-        1.0,
-    )
-    .await;
+    reload_by_signal(&stack, "failure", 1.0).await;
     std::fs::write(policy_path(&stack), with_encounters()).expect("write");
-    stack.gateway.signal("HUP");
-    wait_for_metric(
-        &stack.gateway,
-        "fhirwall_reloads_total",
-        &[("result", "success")],
-        1.0,
-    )
-    .await;
+    reload_by_signal(&stack, "success", 1.0).await;
 
     let events: Vec<serde_json::Value> = stack
         .gateway
