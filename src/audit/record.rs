@@ -120,11 +120,21 @@ impl PartialEq for ScopeList {
 
 impl Serialize for ScopeList {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(None)?;
-        for s in self.iter() {
-            seq.serialize_element(s)?;
+        // One per record on the writer thread: no boxed iterator here.
+        fn all<'a, S: Serializer>(
+            serializer: S,
+            scopes: impl Iterator<Item = &'a str>,
+        ) -> Result<S::Ok, S::Error> {
+            let mut seq = serializer.serialize_seq(None)?;
+            for s in scopes {
+                seq.serialize_element(s)?;
+            }
+            seq.end()
         }
-        seq.end()
+        match self {
+            ScopeList::Granted(p) => all(serializer, p.scopes.texts()),
+            ScopeList::Listed(v) => all(serializer, v.iter().map(String::as_str)),
+        }
     }
 }
 

@@ -134,11 +134,15 @@ impl Cors {
             resp.append_header(http::header::VARY, HeaderValue::from_static("Origin"))?;
             return Ok(());
         };
-        let [(acao, origin), (_, vary), (aceh, expose)] = fields;
-        resp.insert_header(acao, origin)?;
         resp.remove_header(&http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
-        resp.append_header(http::header::VARY, vary)?;
-        resp.insert_header(aceh, expose)?;
+        for (name, value) in fields {
+            // `Vary` may already list what the backend's answer depends on.
+            if name == "vary" {
+                resp.append_header(name, value)?;
+            } else {
+                resp.insert_header(name, value)?;
+            }
+        }
         Ok(())
     }
 }

@@ -229,18 +229,7 @@ impl Gateway {
         };
         // Per-address quotas run before the token is looked at, so failed authentication
         // attempts are counted (and slowed) too.
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let keys = RequestKeys {
-            method: &req.method,
-            path,
-            query,
-            route: label,
-            address: rt.limiter.client_address(peer, &req.headers),
-            principal: None,
-        };
+        let keys = quota_keys(session, rt, label, None);
         match rt.limiter.check_before_auth(&keys).await {
             Ok(admitted) => ctx.limits.admit(admitted),
             Err(limited) => return deny(on_route(ctx.limits.refuse(limited))),
@@ -337,19 +326,7 @@ impl Gateway {
         let (Decision::Allow(permit), Some(principal)) = (&decision, ctx.principal.clone()) else {
             return decision;
         };
-        let req = session.req_header();
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let keys = RequestKeys {
-            method: &req.method,
-            path: req.uri.path(),
-            query: req.uri.query(),
-            route: permit.route_id(),
-            address: rt.limiter.client_address(peer, &req.headers),
-            principal: Some(&principal),
-        };
+        let keys = quota_keys(session, rt, permit.route_id(), Some(&principal));
         match rt.limiter.check_after_auth(&keys).await {
             Ok(admitted) => {
                 ctx.limits.admit(admitted);
@@ -542,6 +519,21 @@ impl Gateway {
         result
     }
 
+    /// One exchange with the backend on the held path, timed and recorded for the audit
+    /// record and metrics (the streaming path records the same in its filters).
+    async fn send_upstream(
+        &self,
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+        header: RequestHeader,
+        body: Option<Bytes>,
+    ) -> pingora::Result<exchange::Upstreamed> {
+        ctx.upstream_sent = Some(Instant::now());
+        let up = self.exchanger.send(&rt.upstream, header, body).await?;
+        ctx.upstream_status = Some(up.status());
+        Ok(up)
+    }
+
     async fn forward_held_with(
         &self,
         session: &mut Session,
@@ -580,10 +572,8 @@ impl Gateway {
                 forwarded_proto(session),
                 &ctx.request_id,
             )?;
-            ctx.upstream_sent = Some(Instant::now());
-            let mut up = self.exchanger.send(&rt.upstream, h, None).await?;
+            let mut up = self.send_upstream(rt, ctx, h, None).await?;
             let status = up.status();
-            ctx.upstream_status = Some(status);
             let gone = matches!(status, 404 | 410);
             if gone && entry.is_none() {
                 // The resource does not exist: the backend's answer says so (R4 http.html).
@@ -672,9 +662,7 @@ impl Gateway {
             forwarded_proto(session),
             &ctx.request_id,
         )?;
-        ctx.upstream_sent = Some(Instant::now());
-        let mut up = self.exchanger.send(&rt.upstream, h, body).await?;
-        ctx.upstream_status = Some(up.status());
+        let mut up = self.send_upstream(rt, ctx, h, body).await?;
         let status = up.status();
         let head = session.req_header().method == http::Method::HEAD;
         let discovery = session.req_header().method == http::Method::GET
@@ -1094,21 +1082,7 @@ impl ProxyHttp for Gateway {
         {
             // Per-address quotas count preflights too: they are unauthenticated requests
             // that each cost an audit record.
-            let req = session.req_header();
-            let keys = RequestKeys {
-                method: &req.method,
-                path: req.uri.path(),
-                query: req.uri.query(),
-                route: "cors:preflight",
-                address: rt.limiter.client_address(
-                    session
-                        .client_addr()
-                        .and_then(|a| a.as_inet())
-                        .map(|a| a.ip()),
-                    &req.headers,
-                ),
-                principal: None,
-            };
+            let keys = quota_keys(session, &rt, "cors:preflight", None);
             match rt.limiter.check_before_auth(&keys).await {
                 Ok(admitted) => {
                     ctx.limits.admit(admitted);
@@ -1440,6 +1414,29 @@ impl ProxyHttp for Gateway {
 /// scheme the client used to reach the gateway.
 fn forwarded_proto(session: &Session) -> &'static str {
     crate::tls::forwarded_proto(session)
+}
+
+/// What the rate limiter counts a request by: its line, the route (label), the client's
+/// address (as `forwarding.trust_forwarded_for` says) and, after authentication, the token.
+fn quota_keys<'a>(
+    session: &'a Session,
+    rt: &Runtime,
+    route: &'a str,
+    principal: Option<&'a Principal>,
+) -> RequestKeys<'a> {
+    let req = session.req_header();
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    RequestKeys {
+        method: &req.method,
+        path: req.uri.path(),
+        query: req.uri.query(),
+        route,
+        address: rt.limiter.client_address(peer, &req.headers),
+        principal,
+    }
 }
 
 /// Adds the CORS response fields (if any) to a locally written answer's extra fields.
