@@ -569,18 +569,44 @@ pub fn run_cli_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A loopback address with a port that was free a moment ago.
-pub fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr")
+/// Ports handed to gateways come from below the kernel's ephemeral range (32768-60999 on
+/// Linux), one after the other from a process-wide counter: the in-process servers and every
+/// outgoing connection get ephemeral ports, so they never take a gateway's port, and two
+/// tests of one binary never get the same one. (Picking with `bind(":0")` and releasing let
+/// a parallel test pick the same port before the gateway bound it: its requests then reached
+/// the other test's gateway.) The start depends on the process id, to spread the processes
+/// that may run side by side.
+const PORT_RANGE: std::ops::Range<u32> = 20_000..32_000;
+
+fn next_free_listener() -> TcpListener {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = PORT_RANGE.end - PORT_RANGE.start;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = PORT_RANGE.start + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener;
+        }
+    }
+    panic!("no free port in {PORT_RANGE:?}");
 }
 
-/// `N` distinct loopback addresses with ports that were free a moment ago: every listener is
-/// held until all are picked, so two calls in a row cannot return the same port.
+/// A loopback address with a port no other test of this process was given, free a moment
+/// ago.
+pub fn free_port() -> SocketAddr {
+    next_free_listener().local_addr().expect("local addr")
+}
+
+/// `N` distinct loopback addresses from [`free_port`]'s allocator; every listener is held
+/// until all are picked.
 pub fn free_ports<const N: usize>() -> [SocketAddr; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
+    let listeners: Vec<TcpListener> = (0..N).map(|_| next_free_listener()).collect();
     std::array::from_fn(|i| listeners[i].local_addr().expect("local addr"))
 }
 
